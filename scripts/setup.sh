@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing need beyond cargo: the wasm32 target and
+# wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+fi
+
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ "$have" != "$want" ]; then
+    echo "installing wasm-bindgen-cli $want (found: ${have:-none})" >&2
+    cargo install wasm-bindgen-cli --version "$want"
+fi
+
+command -v node >/dev/null || { echo "node is required (wasm tests run under node)" >&2; exit 1; }
