@@ -1,5 +1,17 @@
 //! Expert models of the hybrid router.
 //!
-//! This crate will hold HF-format model loading, the in-project decoder with its KV cache,
-//! sampling, the fusion modes (single, ensemble, BTM token-level and layer-level) and the
-//! `expert` process. It is empty until the experts engine lands; nothing here pretends.
+//! - [`loader`]: Hugging Face model directories from local disk (Qwen2 / Llama layouts);
+//! - [`model`]: the in-project decoder with an explicit KV cache and per-layer hidden states;
+//! - [`generate`]: sampling and token-by-token generation with streaming and stop strings;
+//! - [`chat`]: chat templates of `tokenizer_config.json`;
+//! - [`forge`]: builds a small foundation / SOP-expert pair by real training.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod loader;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{ExpertError, Result};

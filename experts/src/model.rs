@@ -1,0 +1,457 @@
+//! The in-project decoder: Qwen2 and Llama layouts (RMSNorm, rotary position embeddings
+//! with `rope_theta`, grouped-query attention, SwiGLU MLP, optional tied embeddings, Qwen2's
+//! q/k/v bias), with Hugging Face tensor names:
+//!
+//! ```text
+//! model.embed_tokens.weight                      [vocab, hidden]
+//! model.layers.{i}.input_layernorm.weight        [hidden]
+//! model.layers.{i}.self_attn.{q,k,v,o}_proj.weight (+ .bias on q/k/v for Qwen2)
+//! model.layers.{i}.post_attention_layernorm.weight
+//! model.layers.{i}.mlp.{gate,up,down}_proj.weight
+//! model.norm.weight                              [hidden]
+//! lm_head.weight                                 [vocab, hidden] (absent when tied)
+//! ```
+//!
+//! References: Qwen2 technical report (arXiv:2407.10671); Llama (arXiv:2302.13971);
+//! RoFormer (arXiv:2104.09864) for the rotary embedding in its "rotate half" form.
+//!
+//! The forward is exposed in pieces ([`Decoder::embed`], [`Decoder::layer`],
+//! [`Decoder::head`]) so that layer-level fusion can mix the residual streams of two
+//! experts between layers. Two numeric paths share the weights: [`Path::Fused`] uses
+//! candle's fused kernels for inference; [`Path::Differentiable`] builds the same maths from
+//! basic ops, which have backward passes, for training.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use crate::config::ModelConfig;
+use crate::error::{ExpertError, Result};
+
+/// Which kernels compute norms, softmax and rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// candle's fused kernels (fast, inference only).
+    Fused,
+    /// Basic tensor ops (differentiable, for training).
+    Differentiable,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        Ok(match path {
+            Path::Fused => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?,
+            Path::Differentiable => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?;
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+                normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?
+            }
+        })
+    }
+}
+
+/// Cos/sin tables for every position up to the context length.
+#[derive(Debug, Clone)]
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
+            .collect();
+        let positions = cfg.max_position_embeddings;
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?;
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Applies the rotation to `x` `[batch, heads, seq, head_dim]` at positions
+    /// `offset..offset + seq`.
+    fn apply(&self, x: &Tensor, offset: usize, path: Path) -> Result<Tensor> {
+        let (_, _, seq, dim) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok(match path {
+            Path::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?,
+            Path::Differentiable => {
+                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+                let x1 = x.narrow(D::Minus1, 0, dim / 2)?;
+                let x2 = x.narrow(D::Minus1, dim / 2, dim / 2)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?
+            }
+        })
+    }
+}
+
+/// Keys and values of one layer for the positions seen so far, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// The explicit KV cache of one sequence batch: one entry per layer.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.kv.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        for l in &mut self.layers {
+            l.kv = None;
+        }
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|l| l.kv.as_ref())
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn linear(vb: VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+    Ok(if bias {
+        candle_nn::linear(inp, out, vb)?
+    } else {
+        candle_nn::linear_no_bias(inp, out, vb)?
+    })
+}
+
+/// `[b, kv_heads, s, d]` → `[b, kv_heads * rep, s, d]`, each kv head repeated `rep` times.
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, kvh, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kvh, rep, s, d))?
+        .reshape((b, kvh * rep, s, d))?)
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (heads, kv_heads, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        Ok(Self {
+            q_proj: linear(vb.pp("q_proj"), h, heads * hd, cfg.qkv_bias)?,
+            k_proj: linear(vb.pp("k_proj"), h, kv_heads * hd, cfg.qkv_bias)?,
+            v_proj: linear(vb.pp("v_proj"), h, kv_heads * hd, cfg.qkv_bias)?,
+            o_proj: linear(vb.pp("o_proj"), heads * hd, h, false)?,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: Option<&mut LayerCache>,
+        offset: usize,
+        path: Path,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let shape = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?)
+        };
+        let q = shape(self.q_proj.forward(x)?, self.heads)?;
+        let k = shape(self.k_proj.forward(x)?, self.kv_heads)?;
+        let v = shape(self.v_proj.forward(x)?, self.kv_heads)?.contiguous()?;
+        let q = rotary.apply(&q, offset, path)?;
+        let k = rotary.apply(&k, offset, path)?;
+
+        let (k, v) = match cache {
+            Some(cache) => {
+                let (k, v) = match cache.kv.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                cache.kv = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let rep = self.heads / self.kv_heads;
+        let k = repeat_kv(k, rep)?.contiguous()?;
+        let v = repeat_kv(v, rep)?.contiguous()?;
+        let q = q.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        let s = k.dim(2)?;
+        if t > 1 {
+            let mask = causal_mask(t, s, x.device())?.to_dtype(scores.dtype())?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = match path {
+            Path::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+            Path::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// `[t, s]` additive mask: query `i` (at absolute position `s - t + i`) sees keys `0..=s - t + i`.
+fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let offset = s - t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), device)?)
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(vb.pp("gate_proj"), h, i, false)?,
+            up_proj: linear(vb.pp("up_proj"), h, i, false)?,
+            down_proj: linear(vb.pp("down_proj"), i, h, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A decoder-only transformer in the Qwen2 / Llama layout.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    device: Device,
+    dtype: DType,
+}
+
+/// What [`Decoder::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// `[batch, seq, vocab]` (or `[batch, 1, vocab]` when only the last position was asked for).
+    pub logits: Tensor,
+    /// When asked: the residual stream `[batch, seq, hidden]` after the embedding and after
+    /// each layer (`num_layers + 1` tensors), and the final normed hidden state last
+    /// (what the LM head reads).
+    pub hidden_states: Option<Vec<Tensor>>,
+}
+
+impl Decoder {
+    /// Builds the decoder from weights under `vb` (names as in the module doc).
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let cfg = config;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model.embed_tokens"))?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let vb = vb.pp(format!("model.layers.{i}"));
+            layers.push(Layer {
+                input_layernorm: RmsNorm::new(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
+                post_attention_layernorm: RmsNorm::new(
+                    vb.pp("post_attention_layernorm"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: Mlp::new(vb.pp("mlp"), cfg)?,
+            });
+        }
+        let norm = RmsNorm::new(vb.pp("model.norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
+        Ok(Self {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token ids `[batch, seq]` → embeddings `[batch, seq, hidden]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(input_ids)?)
+    }
+
+    /// Runs layer `index` on the residual stream `h` at positions `offset..`.
+    pub fn layer(
+        &self,
+        index: usize,
+        h: &Tensor,
+        cache: Option<&mut KvCache>,
+        offset: usize,
+        path: Path,
+    ) -> Result<Tensor> {
+        let layer = self
+            .layers
+            .get(index)
+            .ok_or_else(|| ExpertError::InvalidRequest(format!("no layer {index}")))?;
+        let cache = cache.and_then(|c| c.layers.get_mut(index));
+        let x = layer.input_layernorm.forward(h, path)?;
+        let h = (h + layer.self_attn.forward(&x, &self.rotary, cache, offset, path)?)?;
+        let x = layer.post_attention_layernorm.forward(&h, path)?;
+        Ok((&h + layer.mlp.forward(&x)?)?)
+    }
+
+    /// Final norm of the residual stream.
+    pub fn final_norm(&self, h: &Tensor, path: Path) -> Result<Tensor> {
+        self.norm.forward(h, path)
+    }
+
+    /// Final norm and LM head: residual stream → logits.
+    pub fn head(&self, h: &Tensor, path: Path) -> Result<Tensor> {
+        Ok(self.lm_head.forward(&self.norm.forward(h, path)?)?)
+    }
+
+    /// LM head on an already-normed hidden state.
+    pub fn lm_head(&self, normed: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(normed)?)
+    }
+
+    /// Full forward of `input_ids` `[batch, seq]`, continuing the sequences in `cache`.
+    /// With `last_only`, logits are computed for the last position only (decoding).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        last_only: bool,
+        hidden_states: bool,
+        path: Path,
+    ) -> Result<ForwardOutput> {
+        let (_, seq) = input_ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + seq > self.config.max_position_embeddings {
+            return Err(ExpertError::InvalidRequest(format!(
+                "{} positions exceed the model's context of {}",
+                offset + seq,
+                self.config.max_position_embeddings
+            )));
+        }
+        let mut h = self.embed(input_ids)?;
+        let mut states = hidden_states.then(Vec::new);
+        if let Some(s) = states.as_mut() {
+            s.push(h.clone());
+        }
+        for i in 0..self.layers.len() {
+            h = self.layer(i, &h, cache.as_deref_mut(), offset, path)?;
+            if let Some(s) = states.as_mut() {
+                s.push(h.clone());
+            }
+        }
+        if last_only {
+            h = h.narrow(1, seq - 1, 1)?;
+        }
+        let normed = self.norm.forward(&h, path)?;
+        if let Some(s) = states.as_mut() {
+            s.push(normed.clone());
+        }
+        Ok(ForwardOutput {
+            logits: self.lm_head.forward(&normed)?,
+            hidden_states: states,
+        })
+    }
+}
