@@ -8,10 +8,13 @@
 
 pub mod chat;
 pub mod config;
+pub mod corpus;
 pub mod error;
 pub mod generate;
 pub mod loader;
+pub mod forge;
 pub mod model;
+pub mod quality;
 pub mod tokenizer;
 
 pub use error::{ExpertError, Result};

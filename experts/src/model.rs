@@ -52,7 +52,7 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         Ok(match path {
-            Path::Fused => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?,
+            Path::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?,
             Path::Differentiable => {
                 let dtype = x.dtype();
                 let x = x.to_dtype(DType::F32)?;
@@ -453,5 +453,117 @@ impl Decoder {
             logits: self.lm_head.forward(&normed)?,
             hidden_states: states,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Architecture;
+    use candle_nn::VarMap;
+
+    fn tiny(arch: Architecture, tied: bool) -> (Decoder, VarMap) {
+        let cfg = ModelConfig {
+            architecture: arch,
+            vocab_size: 61,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: tied,
+            qkv_bias: arch == Architecture::Qwen2,
+            bos_token_id: None,
+            eos_token_ids: vec![0],
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let d = Decoder::new(&cfg, vb).unwrap();
+        // Non-zero biases and norms so that every term is exercised.
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with(".bias") || name.contains("norm") {
+                let t = (var.as_tensor().ones_like().unwrap() * 0.1).unwrap();
+                let t = (var.as_tensor().rand_like(0.5, 1.5).unwrap() * t).unwrap();
+                var.set(&t).unwrap();
+            }
+        }
+        (d, varmap)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn kv_cache_decoding_matches_full_recomputation() {
+        for (arch, tied) in [(Architecture::Qwen2, true), (Architecture::Llama, false)] {
+            let (d, _vm) = tiny(arch, tied);
+            let ids: Vec<u32> = vec![3, 17, 5, 42, 9, 11, 60, 1, 2, 33];
+            let full = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let reference = d.forward(&full, None, false, false, Path::Fused).unwrap().logits;
+
+            let mut cache = d.new_cache();
+            let prefix = full.narrow(1, 0, 4).unwrap();
+            let mut pieces = vec![d.forward(&prefix, Some(&mut cache), false, false, Path::Fused).unwrap().logits];
+            for i in 4..ids.len() {
+                let x = full.narrow(1, i, 1).unwrap();
+                pieces.push(d.forward(&x, Some(&mut cache), false, false, Path::Fused).unwrap().logits);
+            }
+            assert_eq!(cache.len(), ids.len());
+            let cached = Tensor::cat(&pieces, 1).unwrap();
+            let diff = max_diff(&reference, &cached);
+            assert!(diff < 1e-4, "{arch:?}: {diff}");
+            cache.reset();
+            assert!(cache.is_empty());
+        }
+    }
+
+    #[test]
+    fn fused_and_differentiable_paths_agree() {
+        let (d, _vm) = tiny(Architecture::Qwen2, true);
+        let x = Tensor::new(&[[1u32, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], &Device::Cpu).unwrap();
+        let a = d.forward(&x, None, false, true, Path::Fused).unwrap();
+        let b = d.forward(&x, None, false, true, Path::Differentiable).unwrap();
+        assert!(max_diff(&a.logits, &b.logits) < 1e-5);
+        let (ha, hb) = (a.hidden_states.unwrap(), b.hidden_states.unwrap());
+        assert_eq!(ha.len(), 3 + 2);
+        for (x, y) in ha.iter().zip(&hb) {
+            assert!(max_diff(x, y) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn batch_rows_equal_single_rows() {
+        let (d, _vm) = tiny(Architecture::Qwen2, true);
+        let x = Tensor::new(&[[1u32, 2, 3, 4], [9, 8, 7, 6]], &Device::Cpu).unwrap();
+        let both = d.forward(&x, None, true, false, Path::Fused).unwrap().logits;
+        for row in 0..2 {
+            let one = d
+                .forward(&x.narrow(0, row, 1).unwrap(), None, true, false, Path::Fused)
+                .unwrap()
+                .logits;
+            assert!(max_diff(&both.narrow(0, row, 1).unwrap(), &one) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn context_overflow_is_an_error() {
+        let (d, _vm) = tiny(Architecture::Qwen2, true);
+        let x = Tensor::zeros((1, 65), DType::U32, &Device::Cpu).unwrap();
+        let e = d.forward(&x, None, true, false, Path::Fused).unwrap_err().to_string();
+        assert!(e.contains("context"), "{e}");
     }
 }

@@ -1,0 +1,112 @@
+//! `expert`: the expert models' command line. `expert generate` streams a completion to
+//! stdout (logs and progress go to stderr).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+use experts::chat::ChatMessage;
+use experts::generate::{SamplingParams, generate};
+use experts::loader::load_model;
+
+/// Expert models of the hybrid router.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a completion and stream its text to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct GenerateArgs {
+    /// A Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt. It is wrapped in the model's chat template unless --raw is given.
+    #[arg(long)]
+    prompt: String,
+    /// Feed the prompt to the model as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print the generation record (tokens, timings) as JSON on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_generate(args: &GenerateArgs) -> Result<()> {
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        ..SamplingParams::default()
+    };
+    params.validate()?;
+    if args.prompt.trim().is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let model = load_model(&args.model, DType::F32, &Device::Cpu)?;
+    let text = match (&model.chat_template, args.raw) {
+        (Some(t), false) => t.render(&[ChatMessage::user(&args.prompt)], true)?,
+        _ => args.prompt.clone(),
+    };
+    let ids = model.tokenizer.encode(&text)?;
+    let mut stdout = std::io::stdout().lock();
+    let generation = generate(&model, &ids, &params, |piece| {
+        stdout.write_all(piece.as_bytes()).is_ok() && stdout.flush().is_ok()
+    })
+    .context("generation failed")?;
+    writeln!(stdout)?;
+    let decode_tps = generation.tokens.len() as f64 / generation.decode_seconds.max(1e-9);
+    eprintln!(
+        "{} prompt tokens, {} generated ({:?}), prefill {:.1} ms, decode {:.1} tok/s",
+        generation.prompt_tokens,
+        generation.tokens.len(),
+        generation.finish_reason,
+        generation.prefill_seconds * 1e3,
+        decode_tps
+    );
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string(&generation)?)?;
+    }
+    Ok(())
+}

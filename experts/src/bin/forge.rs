@@ -1,0 +1,70 @@
+//! `forge`: builds the foundation / sft-sop model pair (see `experts::forge`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use experts::forge::{ForgeOptions, ForgeProfile, forge};
+
+/// Build a small foundation model and its SOP branch by real training, in HF format.
+#[derive(Debug, Parser)]
+#[command(version, about, rename_all = "snake_case")]
+struct Args {
+    /// Output directory: writes foundation/, sft-sop/ and eval/ inside.
+    #[arg(long, default_value = "models")]
+    out: PathBuf,
+    /// `full` (default, minutes) or `small` (tests, seconds).
+    #[arg(long, default_value = "full")]
+    profile: String,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Rebuild even when complete models exist.
+    #[arg(long)]
+    force: bool,
+    /// Skip the evaluation table at the end.
+    #[arg(long)]
+    no_eval: bool,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let profile = ForgeProfile::by_name(&args.profile)?;
+    let report = forge(&ForgeOptions {
+        out: args.out.clone(),
+        profile,
+        seed: args.seed,
+        force: args.force,
+        evaluate: !args.no_eval,
+    })?;
+    for (name, r) in [("foundation", &report.foundation_record), ("sft-sop", &report.sft_record)] {
+        println!(
+            "{name}: {} parameters, {} steps, {} tokens, {:.1} s, loss {:.3} -> {:.3}",
+            r.parameters, r.steps, r.tokens_seen, r.seconds, r.first_loss, r.final_loss
+        );
+    }
+    if !report.scores.is_empty() {
+        println!();
+        println!("| model | reasoning accuracy | SOP token-F1 | SOP exact |");
+        println!("|---|---|---|---|");
+        for s in &report.scores {
+            println!(
+                "| {} | {:.3} | {:.3} | {:.3} |",
+                s.model, s.reasoning_accuracy, s.sop_f1, s.sop_exact
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
