@@ -128,10 +128,14 @@ impl ModelConfig {
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return bad(format!("head dimension {head_dim} must be even and positive"));
+            return bad(format!(
+                "head dimension {head_dim} must be even and positive"
+            ));
         }
         if raw.vocab_size == 0 || raw.num_hidden_layers == 0 || raw.intermediate_size == 0 {
-            return bad("vocab_size, num_hidden_layers and intermediate_size must be positive".into());
+            return bad(
+                "vocab_size, num_hidden_layers and intermediate_size must be positive".into(),
+            );
         }
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return bad(format!("rope_theta {rope_theta} must be positive"));
@@ -218,7 +222,10 @@ mod tests {
 
     #[test]
     fn reads_nested_rope_theta() {
-        let text = QWEN.replace(r#""rope_theta":10000.0"#, r#""rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}"#);
+        let text = QWEN.replace(
+            r#""rope_theta":10000.0"#,
+            r#""rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}"#,
+        );
         let c = ModelConfig::from_json(&text, Path::new("m")).unwrap();
         assert_eq!(c.rope_theta, 100000.0);
         let text = QWEN.replace(r#""rope_theta":10000.0,"#, "");
@@ -227,13 +234,19 @@ mod tests {
 
     #[test]
     fn rejects_unknown_architecture_and_bad_shapes() {
-        let e = ModelConfig::from_json(&QWEN.replace("Qwen2ForCausalLM", "GPT2LMHeadModel"), Path::new("m"))
-            .unwrap_err()
-            .to_string();
+        let e = ModelConfig::from_json(
+            &QWEN.replace("Qwen2ForCausalLM", "GPT2LMHeadModel"),
+            Path::new("m"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("GPT2LMHeadModel"), "{e}");
-        let e = ModelConfig::from_json(&QWEN.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#), Path::new("m"))
-            .unwrap_err()
-            .to_string();
+        let e = ModelConfig::from_json(
+            &QWEN.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#),
+            Path::new("m"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("num_key_value_heads"), "{e}");
         assert!(ModelConfig::from_json("{", Path::new("m")).is_err());
     }

@@ -172,6 +172,10 @@ pub struct DomainScores {
     pub sop_f1: f64,
     /// SOP: exact match of the whole procedure.
     pub sop_exact: f64,
+    /// Mean negative log-likelihood per token of the reasoning references (teacher-forced).
+    pub reasoning_nll: f64,
+    /// Mean negative log-likelihood per token of the SOP references (teacher-forced).
+    pub sop_nll: f64,
 }
 
 /// Formats an example as one chat-formatted training document.
@@ -283,8 +287,10 @@ fn train_steps(
     )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("{prefix:>12} {bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{prefix:>12} {bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(label.to_string());
     let started = Instant::now();
@@ -318,7 +324,9 @@ fn train_steps(
         opt.backward_step(&loss)?;
         let l = loss.to_scalar::<f32>()?;
         if !l.is_finite() {
-            return Err(ExpertError::Training(format!("{label}: loss became {l} at step {step}")));
+            return Err(ExpertError::Training(format!(
+                "{label}: loss became {l} at step {step}"
+            )));
         }
         if step == 0 {
             first_loss = l;
@@ -362,7 +370,8 @@ fn tokenize_stream(tok: &tokenizers::Tokenizer, docs: &[String], eot: u32) -> Re
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ExpertError::Training(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| ExpertError::Training(e.to_string()))?;
     std::fs::write(path, bytes).map_err(|e| ExpertError::io(path, e))
 }
 
@@ -370,7 +379,8 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 fn write_model_files(dir: &Path, config: &ModelConfig, tokenizer_json: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ExpertError::io(dir, e))?;
     write_json(&dir.join("config.json"), &config.to_hf_json())?;
-    std::fs::copy(tokenizer_json, dir.join("tokenizer.json")).map_err(|e| ExpertError::io(dir, e))?;
+    std::fs::copy(tokenizer_json, dir.join("tokenizer.json"))
+        .map_err(|e| ExpertError::io(dir, e))?;
     write_json(
         &dir.join("tokenizer_config.json"),
         &serde_json::json!({
@@ -459,7 +469,8 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
     for (name, set, label) in [("reasoning", &reasoning_eval, 0), ("sop", &sop_eval, 1)] {
         let mut text = String::new();
         for ex in set {
-            let line = serde_json::json!({"prompt": ex.prompt, "reference": ex.answer, "label": label});
+            let line =
+                serde_json::json!({"prompt": ex.prompt, "reference": ex.answer, "label": label});
             text.push_str(&line.to_string());
             text.push('\n');
         }
@@ -512,7 +523,16 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
             let decoder = Decoder::new(&config, vb)?;
             init_weights(&varmap, seed, p.num_layers)?;
-            let record = train_steps(&decoder, &varmap, &stream, p, p.foundation_steps, p.foundation_lr, seed, "foundation")?;
+            let record = train_steps(
+                &decoder,
+                &varmap,
+                &stream,
+                p,
+                p.foundation_steps,
+                p.foundation_lr,
+                seed,
+                "foundation",
+            )?;
             let tmp = out.join(".foundation.tmp");
             write_model_files(&tmp, &config, &tok_path)?;
             varmap.save(tmp.join("model.safetensors"))?;
@@ -526,7 +546,16 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
             let decoder = Decoder::new(&config, vb)?;
             // Branch: start from the foundation's weights.
             varmap.load(foundation_dir.join("model.safetensors"))?;
-            let record = train_steps(&decoder, &varmap, &stream, p, p.sft_steps, p.sft_lr, seed + 1, "sft-sop")?;
+            let record = train_steps(
+                &decoder,
+                &varmap,
+                &stream,
+                p,
+                p.sft_steps,
+                p.sft_lr,
+                seed + 1,
+                "sft-sop",
+            )?;
             let tmp = out.join(".sft-sop.tmp");
             write_model_files(&tmp, &config, &tok_path)?;
             varmap.save(tmp.join("model.safetensors"))?;
@@ -566,8 +595,56 @@ pub fn answer(model: &LoadedModel, prompt: &str, max_tokens: usize) -> Result<St
     Ok(generate(model, &ids, &params, |_| true)?.text)
 }
 
+/// Sum of the negative log-likelihoods of the reference's tokens (and the end-of-turn token)
+/// after the chat-formatted prompt, and their count.
+pub fn reference_nll(model: &LoadedModel, prompt: &str, reference: &str) -> Result<(f64, usize)> {
+    let prefix = match &model.chat_template {
+        Some(t) => t.render(&[ChatMessage::user(prompt)], true)?,
+        None => prompt.to_string(),
+    };
+    let mut ids = model.tokenizer.encode(&prefix)?;
+    let start = ids.len();
+    ids.extend(model.tokenizer.encode(&format!("{reference}{EOS}"))?);
+    let ctx = model.decoder.config().max_position_embeddings;
+    if ids.len() > ctx || start == 0 {
+        return Err(ExpertError::InvalidRequest(format!(
+            "{} tokens do not fit the context of {ctx}",
+            ids.len()
+        )));
+    }
+    let input = Tensor::new(ids.as_slice(), model.decoder.device())?.unsqueeze(0)?;
+    let logits = model
+        .decoder
+        .forward(&input, None, false, false, NumPath::Fused)?
+        .logits
+        .squeeze(0)?;
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, candle_core::D::Minus1)?;
+    let logp: Vec<Vec<f32>> = logp.to_vec2()?;
+    let mut total = 0.0;
+    for i in start..ids.len() {
+        total -= f64::from(logp[i - 1][ids[i] as usize]);
+    }
+    Ok((total, ids.len() - start))
+}
+
+fn mean_nll(model: &LoadedModel, set: &[Example]) -> Result<f64> {
+    let (mut sum, mut n) = (0.0, 0);
+    for ex in set {
+        let (s, k) = reference_nll(model, &ex.prompt, &ex.answer)?;
+        sum += s;
+        n += k;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
 /// Scores a model on both eval sets.
-pub fn score_domains(model: &LoadedModel, reasoning: &[Example], sop: &[Example]) -> Result<DomainScores> {
+pub fn score_domains(
+    model: &LoadedModel,
+    reasoning: &[Example],
+    sop: &[Example],
+) -> Result<DomainScores> {
+    let reasoning_nll = mean_nll(model, reasoning)?;
+    let sop_nll = mean_nll(model, sop)?;
     let mut correct = 0.0;
     for ex in reasoning {
         debug_assert_eq!(ex.domain, Domain::Reasoning);
@@ -586,5 +663,7 @@ pub fn score_domains(model: &LoadedModel, reasoning: &[Example], sop: &[Example]
         reasoning_accuracy: correct / n_r,
         sop_f1: f1 / n_s,
         sop_exact: exact / n_s,
+        reasoning_nll,
+        sop_nll,
     })
 }

@@ -54,7 +54,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ExpertError::InvalidRequest(m));
         if !(self.temperature.is_finite() && (0.0..=100.0).contains(&self.temperature)) {
-            return bad(format!("temperature {} must be in [0, 100]", self.temperature));
+            return bad(format!(
+                "temperature {} must be in [0, 100]",
+                self.temperature
+            ));
         }
         if let Some(p) = self.top_p
             && !(p > 0.0 && p <= 1.0)
@@ -65,10 +68,16 @@ impl SamplingParams {
             return bad("top_k must be at least 1".into());
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad(format!("repetition_penalty {} must be positive", self.repetition_penalty));
+            return bad(format!(
+                "repetition_penalty {} must be positive",
+                self.repetition_penalty
+            ));
         }
         if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
-            return bad(format!("max_tokens {} must be in [1, {MAX_TOKENS_LIMIT}]", self.max_tokens));
+            return bad(format!(
+                "max_tokens {} must be in [1, {MAX_TOKENS_LIMIT}]",
+                self.max_tokens
+            ));
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop strings must not be empty".into());
@@ -98,7 +107,9 @@ pub struct Sampler {
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sampler").field("params", &self.params).finish()
+        f.debug_struct("Sampler")
+            .field("params", &self.params)
+            .finish()
     }
 }
 
@@ -161,7 +172,12 @@ impl StopFilter {
     /// Feeds a piece; returns (text safe to emit, whether a stop string was hit).
     fn push(&mut self, piece: &str) -> (String, bool) {
         self.pending.push_str(piece);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..pos].to_string();
             self.pending.clear();
             return (out, true);
@@ -277,10 +293,16 @@ pub fn generate(
 
 /// Greedy decoding of a batch of equally long prompts as one `[batch, 1]` step per token
 /// (used by the benchmark and by evaluation). Returns the generated ids of each sequence.
-pub fn greedy_batch(model: &LoadedModel, prompts: &[Vec<u32>], new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+pub fn greedy_batch(
+    model: &LoadedModel,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
     let len = prompts.first().map_or(0, Vec::len);
     if len == 0 || prompts.iter().any(|p| p.len() != len) {
-        return Err(ExpertError::InvalidRequest("batch prompts must be non-empty and equally long".into()));
+        return Err(ExpertError::InvalidRequest(
+            "batch prompts must be non-empty and equally long".into(),
+        ));
     }
     let device = model.decoder.device();
     let b = prompts.len();
@@ -289,7 +311,10 @@ pub fn greedy_batch(model: &LoadedModel, prompts: &[Vec<u32>], new_tokens: usize
     let mut input = Tensor::from_vec(flat, (b, len), device)?;
     let mut out = vec![Vec::with_capacity(new_tokens); b];
     for _ in 0..new_tokens {
-        let logits = model.decoder.forward(&input, Some(&mut cache), true, false, Path::Fused)?.logits;
+        let logits = model
+            .decoder
+            .forward(&input, Some(&mut cache), true, false, Path::Fused)?
+            .logits;
         let next: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
         for (o, &t) in out.iter_mut().zip(&next) {
             o.push(t);
@@ -323,11 +348,26 @@ mod tests {
     #[test]
     fn bad_params_are_rejected() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: Some(1.5), ..Default::default() },
-            SamplingParams { max_tokens: 0, ..Default::default() },
-            SamplingParams { top_k: Some(0), ..Default::default() },
-            SamplingParams { repetition_penalty: f32::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+            SamplingParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: f32::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(p.validate().is_err(), "{p:?}");
         }

@@ -47,7 +47,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
             path.parent().unwrap_or(path),
             format!(
                 "{} is missing",
-                path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             ),
         ),
         _ => ExpertError::io(path, e),
@@ -81,7 +82,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             if p.exists() {
                 Ok(p)
             } else {
-                Err(ExpertError::model(dir, format!("shard {f} listed in the index is missing")))
+                Err(ExpertError::model(
+                    dir,
+                    format!("shard {f} listed in the index is missing"),
+                ))
             }
         })
         .collect()
@@ -113,7 +117,9 @@ pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder
     let config = load_config(dir)?;
     let vb = var_builder(dir, dtype, device)?;
     Decoder::new(&config, vb).map_err(|e| match e {
-        ExpertError::Candle(e) => ExpertError::model(dir, format!("weights do not fit config.json: {e}")),
+        ExpertError::Candle(e) => {
+            ExpertError::model(dir, format!("weights do not fit config.json: {e}"))
+        }
         other => other,
     })
 }
@@ -135,8 +141,9 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
     }
     let gen_path = dir.join("generation_config.json");
     let generation: GenerationDefaults = if gen_path.exists() {
-        serde_json::from_slice(&read(&gen_path)?)
-            .map_err(|e| ExpertError::model(&gen_path, format!("bad generation_config.json: {e}")))?
+        serde_json::from_slice(&read(&gen_path)?).map_err(|e| {
+            ExpertError::model(&gen_path, format!("bad generation_config.json: {e}"))
+        })?
     } else {
         GenerationDefaults::default()
     };
@@ -144,7 +151,9 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
     let mut eos: Vec<u32> = config.eos_token_ids.clone();
     match &generation.eos_token_id {
         Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32))),
+        Some(serde_json::Value::Array(a)) => {
+            eos.extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)))
+        }
         _ => {}
     }
     if let Some(t) = chat_template.as_ref().and_then(|c| c.eos_token.as_deref()) {

@@ -52,7 +52,9 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         Ok(match path {
-            Path::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?,
+            Path::Fused => {
+                candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
+            }
             Path::Differentiable => {
                 let dtype = x.dtype();
                 let x = x.to_dtype(DType::F32)?;
@@ -190,7 +192,11 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
 impl Attention {
     fn new(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let h = cfg.hidden_size;
-        let (heads, kv_heads, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (heads, kv_heads, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         Ok(Self {
             q_proj: linear(vb.pp("q_proj"), h, heads * hd, cfg.qkv_bias)?,
             k_proj: linear(vb.pp("k_proj"), h, kv_heads * hd, cfg.qkv_bias)?,
@@ -247,7 +253,9 @@ impl Attention {
             Path::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
@@ -256,7 +264,15 @@ impl Attention {
 fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
     let offset = s - t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, s), device)?)
 }
@@ -280,7 +296,9 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+        Ok(self
+            .down_proj
+            .forward(&(gate * self.up_proj.forward(x)?)?)?)
     }
 }
 
@@ -326,7 +344,11 @@ impl Decoder {
         for i in 0..cfg.num_hidden_layers {
             let vb = vb.pp(format!("model.layers.{i}"));
             layers.push(Layer {
-                input_layernorm: RmsNorm::new(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                input_layernorm: RmsNorm::new(
+                    vb.pp("input_layernorm"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
                 self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
                 post_attention_layernorm: RmsNorm::new(
                     vb.pp("post_attention_layernorm"),
@@ -392,7 +414,9 @@ impl Decoder {
             .ok_or_else(|| ExpertError::InvalidRequest(format!("no layer {index}")))?;
         let cache = cache.and_then(|c| c.layers.get_mut(index));
         let x = layer.input_layernorm.forward(h, path)?;
-        let h = (h + layer.self_attn.forward(&x, &self.rotary, cache, offset, path)?)?;
+        let h = (h + layer
+            .self_attn
+            .forward(&x, &self.rotary, cache, offset, path)?)?;
         let x = layer.post_attention_layernorm.forward(&h, path)?;
         Ok((&h + layer.mlp.forward(&x)?)?)
     }
@@ -512,15 +536,29 @@ mod tests {
         for (arch, tied) in [(Architecture::Qwen2, true), (Architecture::Llama, false)] {
             let (d, _vm) = tiny(arch, tied);
             let ids: Vec<u32> = vec![3, 17, 5, 42, 9, 11, 60, 1, 2, 33];
-            let full = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let reference = d.forward(&full, None, false, false, Path::Fused).unwrap().logits;
+            let full = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let reference = d
+                .forward(&full, None, false, false, Path::Fused)
+                .unwrap()
+                .logits;
 
             let mut cache = d.new_cache();
             let prefix = full.narrow(1, 0, 4).unwrap();
-            let mut pieces = vec![d.forward(&prefix, Some(&mut cache), false, false, Path::Fused).unwrap().logits];
+            let mut pieces = vec![
+                d.forward(&prefix, Some(&mut cache), false, false, Path::Fused)
+                    .unwrap()
+                    .logits,
+            ];
             for i in 4..ids.len() {
                 let x = full.narrow(1, i, 1).unwrap();
-                pieces.push(d.forward(&x, Some(&mut cache), false, false, Path::Fused).unwrap().logits);
+                pieces.push(
+                    d.forward(&x, Some(&mut cache), false, false, Path::Fused)
+                        .unwrap()
+                        .logits,
+                );
             }
             assert_eq!(cache.len(), ids.len());
             let cached = Tensor::cat(&pieces, 1).unwrap();
@@ -534,9 +572,15 @@ mod tests {
     #[test]
     fn fused_and_differentiable_paths_agree() {
         let (d, _vm) = tiny(Architecture::Qwen2, true);
-        let x = Tensor::new(&[[1u32, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], &Device::Cpu).unwrap();
+        let x = Tensor::new(
+            &[[1u32, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let a = d.forward(&x, None, false, true, Path::Fused).unwrap();
-        let b = d.forward(&x, None, false, true, Path::Differentiable).unwrap();
+        let b = d
+            .forward(&x, None, false, true, Path::Differentiable)
+            .unwrap();
         assert!(max_diff(&a.logits, &b.logits) < 1e-5);
         let (ha, hb) = (a.hidden_states.unwrap(), b.hidden_states.unwrap());
         assert_eq!(ha.len(), 3 + 2);
@@ -549,10 +593,19 @@ mod tests {
     fn batch_rows_equal_single_rows() {
         let (d, _vm) = tiny(Architecture::Qwen2, true);
         let x = Tensor::new(&[[1u32, 2, 3, 4], [9, 8, 7, 6]], &Device::Cpu).unwrap();
-        let both = d.forward(&x, None, true, false, Path::Fused).unwrap().logits;
+        let both = d
+            .forward(&x, None, true, false, Path::Fused)
+            .unwrap()
+            .logits;
         for row in 0..2 {
             let one = d
-                .forward(&x.narrow(0, row, 1).unwrap(), None, true, false, Path::Fused)
+                .forward(
+                    &x.narrow(0, row, 1).unwrap(),
+                    None,
+                    true,
+                    false,
+                    Path::Fused,
+                )
                 .unwrap()
                 .logits;
             assert!(max_diff(&both.narrow(0, row, 1).unwrap(), &one) < 1e-5);
@@ -563,7 +616,10 @@ mod tests {
     fn context_overflow_is_an_error() {
         let (d, _vm) = tiny(Architecture::Qwen2, true);
         let x = Tensor::zeros((1, 65), DType::U32, &Device::Cpu).unwrap();
-        let e = d.forward(&x, None, true, false, Path::Fused).unwrap_err().to_string();
+        let e = d
+            .forward(&x, None, true, false, Path::Fused)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("context"), "{e}");
     }
 }

@@ -41,7 +41,11 @@ pub fn token_f1(prediction: &str, reference: &str) -> f64 {
     let p = score_tokens(prediction);
     let r = score_tokens(reference);
     if p.is_empty() || r.is_empty() {
-        return if p.is_empty() && r.is_empty() { 1.0 } else { 0.0 };
+        return if p.is_empty() && r.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
     }
     let mut counts: HashMap<&str, i64> = HashMap::new();
     for t in &r {
@@ -66,7 +70,10 @@ pub fn token_f1(prediction: &str, reference: &str) -> f64 {
 
 /// 1 when the final answers match, else 0.
 pub fn answer_match(prediction: &str, reference: &str) -> f64 {
-    match (extract_final_answer(prediction), extract_final_answer(reference)) {
+    match (
+        extract_final_answer(prediction),
+        extract_final_answer(reference),
+    ) {
         (Some(a), Some(b)) if a == b => 1.0,
         _ => 0.0,
     }
@@ -86,7 +93,10 @@ mod tests {
 
     #[test]
     fn answers_are_compared_by_final_value() {
-        assert_eq!(answer_match("12 + 7 = 19. The answer is 19.", "The answer is 19."), 1.0);
+        assert_eq!(
+            answer_match("12 + 7 = 19. The answer is 19.", "The answer is 19."),
+            1.0
+        );
         assert_eq!(answer_match("The answer is 18.", "The answer is 19."), 0.0);
         assert_eq!(answer_match("no idea", "The answer is 19."), 0.0);
     }

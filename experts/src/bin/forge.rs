@@ -46,7 +46,10 @@ fn run(args: &Args) -> Result<()> {
         force: args.force,
         evaluate: !args.no_eval,
     })?;
-    for (name, r) in [("foundation", &report.foundation_record), ("sft-sop", &report.sft_record)] {
+    for (name, r) in [
+        ("foundation", &report.foundation_record),
+        ("sft-sop", &report.sft_record),
+    ] {
         println!(
             "{name}: {} parameters, {} steps, {} tokens, {:.1} s, loss {:.3} -> {:.3}",
             r.parameters, r.steps, r.tokens_seen, r.seconds, r.first_loss, r.final_loss
@@ -54,12 +57,14 @@ fn run(args: &Args) -> Result<()> {
     }
     if !report.scores.is_empty() {
         println!();
-        println!("| model | reasoning accuracy | SOP token-F1 | SOP exact |");
-        println!("|---|---|---|---|");
+        println!(
+            "| model | reasoning accuracy | reasoning NLL/token | SOP token-F1 | SOP exact | SOP NLL/token |"
+        );
+        println!("|---|---|---|---|---|---|");
         for s in &report.scores {
             println!(
-                "| {} | {:.3} | {:.3} | {:.3} |",
-                s.model, s.reasoning_accuracy, s.sop_f1, s.sop_exact
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                s.model, s.reasoning_accuracy, s.reasoning_nll, s.sop_f1, s.sop_exact, s.sop_nll
             );
         }
     }

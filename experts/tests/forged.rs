@@ -1,0 +1,300 @@
+//! The forged pair, end to end: forge (small profile) → HF directories that load → the
+//! domain split on held-out eval sets → generation (library and `expert generate`) → every
+//! kind of broken model directory is a clear error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device};
+use experts::forge::{ForgeOptions, ForgeProfile, ForgeReport, forge};
+use experts::generate::{FinishReason, SamplingParams, generate};
+use experts::loader::load_model;
+
+/// Forges the small pair once per test binary (cached under the target directory; the
+/// forge itself skips complete models).
+fn forged() -> &'static (PathBuf, ForgeReport) {
+    static FORGED: OnceLock<(PathBuf, ForgeReport)> = OnceLock::new();
+    FORGED.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("forge-small");
+        let report = forge(&ForgeOptions {
+            out: out.clone(),
+            profile: ForgeProfile::small(),
+            seed: 42,
+            force: false,
+            evaluate: true,
+        })
+        .unwrap();
+        (out, report)
+    })
+}
+
+#[test]
+fn the_pair_shows_the_domain_split() {
+    let (out, report) = forged();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(out.join("foundation").join(f).exists(), "{f}");
+        assert!(out.join("sft-sop").join(f).exists(), "{f}");
+    }
+    assert!(out.join("eval/reasoning.jsonl").exists() && out.join("eval/sop.jsonl").exists());
+    let f = &report.scores[0];
+    let s = &report.scores[1];
+    assert_eq!(
+        (f.model.as_str(), s.model.as_str()),
+        ("foundation", "sft-sop")
+    );
+    eprintln!("{:#?}", report.scores);
+    // Held-out likelihood of the exact references: each model is better on its own domain.
+    assert!(f.reasoning_nll < s.reasoning_nll, "{f:?} {s:?}");
+    assert!(s.sop_nll < f.sop_nll, "{f:?} {s:?}");
+    assert!(s.sop_f1 > f.sop_f1, "{f:?} {s:?}");
+    assert!(f.reasoning_accuracy >= s.reasoning_accuracy, "{f:?} {s:?}");
+    // Training really trained.
+    let r = &report.foundation_record;
+    assert!(r.final_loss < r.first_loss * 0.5, "{r:?}");
+}
+
+#[test]
+fn forging_is_deterministic() {
+    let tiny = ForgeProfile {
+        name: "tiny".into(),
+        foundation_steps: 6,
+        sft_steps: 4,
+        n_general: 200,
+        n_reasoning: 200,
+        n_sop: 200,
+        n_eval: 4,
+        ..ForgeProfile::small()
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for d in &dirs {
+        forge(&ForgeOptions {
+            out: d.path().to_path_buf(),
+            profile: tiny.clone(),
+            seed: 7,
+            force: false,
+            evaluate: false,
+        })
+        .unwrap();
+    }
+    for f in [
+        "foundation/model.safetensors",
+        "sft-sop/model.safetensors",
+        "foundation/tokenizer.json",
+        "eval/sop.jsonl",
+    ] {
+        let a = std::fs::read(dirs[0].path().join(f)).unwrap();
+        let b = std::fs::read(dirs[1].path().join(f)).unwrap();
+        assert!(a == b, "{f} differs between two runs with the same seed");
+    }
+}
+
+#[test]
+fn generation_streams_and_stops() {
+    let (out, _) = forged();
+    let model = load_model(&out.join("sft-sop"), DType::F32, &Device::Cpu).unwrap();
+    let prompt = model
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render(
+            &[experts::chat::ChatMessage::user(
+                "How do I reset my password?",
+            )],
+            true,
+        )
+        .unwrap();
+    let ids = model.tokenizer.encode(&prompt).unwrap();
+    let params = SamplingParams {
+        max_tokens: 40,
+        ..SamplingParams::default()
+    };
+    let mut streamed = String::new();
+    let g = generate(&model, &ids, &params, |p| {
+        streamed.push_str(p);
+        true
+    })
+    .unwrap();
+    assert_eq!(streamed, g.text);
+    assert!(!g.text.is_empty());
+    // Greedy is deterministic.
+    let again = generate(&model, &ids, &params, |_| true).unwrap();
+    assert_eq!(again.tokens, g.tokens);
+
+    // A stop string cuts the text before it.
+    let first_word: String = g.text.chars().skip(3).take(4).collect();
+    let stopped = generate(
+        &model,
+        &ids,
+        &SamplingParams {
+            stop: vec![first_word.clone()],
+            ..params.clone()
+        },
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+    assert!(!stopped.text.contains(&first_word));
+    assert!(g.text.starts_with(&stopped.text));
+
+    // Sampling with a seed is reproducible.
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        top_p: Some(0.9),
+        top_k: Some(20),
+        seed: 5,
+        ..params.clone()
+    };
+    let a = generate(&model, &ids, &sampled, |_| true).unwrap();
+    let b = generate(&model, &ids, &sampled, |_| true).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+
+    // Cancelling from the callback stops generation.
+    let c = generate(&model, &ids, &params, |_| false).unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Cancelled);
+
+    // A prompt longer than the context is refused.
+    let long = vec![ids[0]; 300];
+    let e = generate(&model, &long, &params, |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("context"), "{e}");
+    let e = generate(&model, &[], &params, |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty"), "{e}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn load_err(dir: &Path) -> String {
+    load_model(dir, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn broken_model_directories_are_clear_errors() {
+    let (out, _) = forged();
+    let good = out.join("foundation");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("m");
+
+    assert!(load_err(&tmp.path().join("nowhere")).contains("config.json is missing"));
+
+    copy_dir(&good, &d);
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    assert!(load_err(&d).contains("tokenizer.json is missing"));
+
+    copy_dir(&good, &d);
+    let w = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &w[..w.len() / 3]).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("corrupt safetensors"), "{e}");
+    std::fs::write(
+        d.join("model.safetensors"),
+        b"not a safetensors file at all",
+    )
+    .unwrap();
+    assert!(load_err(&d).contains("corrupt safetensors"));
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    assert!(load_err(&d).contains("model.safetensors"));
+
+    copy_dir(&good, &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"hidden_size\": 64", "\"hidden_size\": 80"),
+    )
+    .unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("do not fit"), "{e}");
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("Qwen2ForCausalLM", "MambaForCausalLM"),
+    )
+    .unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("unsupported architecture") && e.contains("Mamba"),
+        "{e}"
+    );
+    std::fs::write(d.join("config.json"), &cfg[..cfg.len() / 2]).unwrap();
+    assert!(load_err(&d).contains("bad config.json"));
+
+    copy_dir(&good, &d);
+    std::fs::write(d.join("tokenizer.json"), b"{\"version\": 3").unwrap();
+    assert!(load_err(&d).contains("bad tokenizer.json"));
+}
+
+#[test]
+fn expert_generate_streams_to_stdout() {
+    let (out, _) = forged();
+    let bin = env!("CARGO_BIN_EXE_expert");
+    let o = Command::new(bin)
+        .args(["generate", "--model"])
+        .arg(out.join("sft-sop"))
+        .args([
+            "--prompt",
+            "我想退货",
+            "--max_tokens",
+            "20",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(!text.trim().is_empty());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tok/s"));
+
+    let o = Command::new(bin)
+        .args(["generate", "--model", "/nonexistent", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("config.json is missing") && !e.contains("panicked"),
+        "{e}"
+    );
+
+    let o = Command::new(bin)
+        .args(["generate", "--model"])
+        .arg(out.join("sft-sop"))
+        .args(["--prompt", "hi", "--top_p", "2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("top_p"));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let o = Command::new(bin)
+            .args(["generate", "--model"])
+            .arg(out.join("sft-sop"))
+            .arg("--prompt")
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe bad"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("UTF-8") && !e.contains("panicked"), "{e}");
+    }
+}
