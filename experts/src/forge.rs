@@ -26,8 +26,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, TokenizerBuilder, TokenizerImpl};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, TokenizerBuilder, TokenizerImpl};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::{Architecture, ModelConfig};
@@ -43,6 +46,15 @@ pub const CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ mes
 pub const EOS: &str = "<|im_end|>";
 pub const BOS: &str = "<|im_start|>";
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Bumped whenever a change to the forge changes what it writes; complete models of an
+/// older version are rebuilt.
+pub const FORGE_VERSION: u32 = 2;
+
+/// Qwen2's pre-tokenisation: letters in runs, every digit on its own (arithmetic sees
+/// digits), punctuation and whitespace split off. The same pattern `transformers` applies
+/// to Qwen2 tokenizers, so token ids agree with it.
+pub const PRETOKENIZE_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Sizes and schedules of one forge run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +162,7 @@ impl ForgeProfile {
 /// What a forge run measured, written to `forge.json` in each model directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainRecord {
+    pub forge_version: u32,
     pub profile: ForgeProfile,
     pub seed: u64,
     pub steps: usize,
@@ -187,7 +200,7 @@ pub fn chat_document(template: &ChatTemplate, ex: &Example) -> Result<String> {
     Ok(text)
 }
 
-type ForgeTokenizer = TokenizerImpl<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>;
+type ForgeTokenizer = TokenizerImpl<BPE, NormalizerWrapper, Sequence, ByteLevel, ByteLevel>;
 
 /// Trains the byte-level BPE tokenizer on `texts` and writes `tokenizer.json` to `path`.
 pub fn train_tokenizer(texts: &[String], vocab_size: usize, path: &Path) -> Result<()> {
@@ -195,7 +208,17 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize, path: &Path) -> Resu
     let mut tok: ForgeTokenizer = TokenizerBuilder::new()
         .with_model(BPE::default())
         .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+        .with_pre_tokenizer(Some(Sequence::new(vec![
+            PreTokenizerWrapper::Split(
+                Split::new(
+                    SplitPattern::Regex(PRETOKENIZE_PATTERN.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(terr)?,
+            ),
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+        ])))
         .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
         .with_decoder(Some(ByteLevel::default()))
         .build()
@@ -345,6 +368,7 @@ fn train_steps(
     bar.finish_and_clear();
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     Ok(TrainRecord {
+        forge_version: FORGE_VERSION,
         profile: profile.clone(),
         seed,
         steps,
@@ -384,7 +408,7 @@ fn write_model_files(dir: &Path, config: &ModelConfig, tokenizer_json: &Path) ->
     write_json(
         &dir.join("tokenizer_config.json"),
         &serde_json::json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
+            "tokenizer_class": "Qwen2Tokenizer",
             "chat_template": CHAT_TEMPLATE,
             "bos_token": null,
             "eos_token": EOS,
@@ -420,7 +444,7 @@ fn is_complete(dir: &Path, profile: &ForgeProfile, seed: u64) -> bool {
         return false;
     };
     serde_json::from_slice::<TrainRecord>(&bytes)
-        .is_ok_and(|r| &r.profile == profile && r.seed == seed)
+        .is_ok_and(|r| r.forge_version == FORGE_VERSION && &r.profile == profile && r.seed == seed)
 }
 
 /// Options of [`forge`].

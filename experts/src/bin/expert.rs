@@ -23,6 +23,19 @@ struct Cli {
 enum Command {
     /// Generate a completion and stream its text to stdout.
     Generate(GenerateArgs),
+    /// Print the token ids and the logits of every position of a prompt as one JSON object
+    /// (for parity checks against other implementations).
+    Logits(LogitsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct LogitsArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// The text, fed as is (no chat template).
+    #[arg(long)]
+    prompt: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +75,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => run_generate(&args),
+        Command::Logits(args) => run_logits(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -108,5 +122,22 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     if args.json {
         writeln!(stdout, "{}", serde_json::to_string(&generation)?)?;
     }
+    Ok(())
+}
+
+fn run_logits(args: &LogitsArgs) -> Result<()> {
+    let model = load_model(&args.model, DType::F32, &Device::Cpu)?;
+    let ids = model.tokenizer.encode(&args.prompt)?;
+    if ids.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let input = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let logits: Vec<Vec<f32>> = model
+        .decoder
+        .forward(&input, None, false, false, experts::model::Path::Fused)?
+        .logits
+        .squeeze(0)?
+        .to_vec2()?;
+    println!("{}", serde_json::json!({ "ids": ids, "logits": logits }));
     Ok(())
 }
