@@ -163,14 +163,21 @@ pub struct Generation {
 
 /// Holds back streamed text that might be the start of a stop string.
 #[derive(Debug, Default)]
-struct StopFilter {
+pub(crate) struct StopFilter {
     stops: Vec<String>,
     pending: String,
 }
 
 impl StopFilter {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            pending: String::new(),
+        }
+    }
+
     /// Feeds a piece; returns (text safe to emit, whether a stop string was hit).
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, piece: &str) -> (String, bool) {
         self.pending.push_str(piece);
         if let Some(pos) = self
             .stops
@@ -196,7 +203,7 @@ impl StopFilter {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod forge;
+pub mod fusion;
 pub mod generate;
 pub mod loader;
 pub mod model;

@@ -298,3 +298,187 @@ fn expert_generate_streams_to_stdout() {
         assert!(e.contains("UTF-8") && !e.contains("panicked"), "{e}");
     }
 }
+
+mod fusion {
+    use super::*;
+    use experts::fusion::{Fusion, LayerMixer, RouterConfig, TokenRouter, generate_fused};
+
+    fn pair() -> (experts::loader::LoadedModel, experts::loader::LoadedModel) {
+        let (out, _) = forged();
+        (
+            load_model(&out.join("foundation"), DType::F32, &Device::Cpu).unwrap(),
+            load_model(&out.join("sft-sop"), DType::F32, &Device::Cpu).unwrap(),
+        )
+    }
+
+    fn prompts(m: &experts::loader::LoadedModel) -> Vec<Vec<u32>> {
+        [
+            "How do I reset my password?",
+            "What is 23 + 19?",
+            "我想退货，怎么办？",
+        ]
+        .iter()
+        .map(|p| {
+            let text = m
+                .chat_template
+                .as_ref()
+                .unwrap()
+                .render(&[experts::chat::ChatMessage::user(*p)], true)
+                .unwrap();
+            m.tokenizer.encode(&text).unwrap()
+        })
+        .collect()
+    }
+
+    fn tokens(f: Fusion<'_>, ids: &[u32]) -> Vec<u32> {
+        let params = SamplingParams {
+            max_tokens: 24,
+            ..SamplingParams::default()
+        };
+        generate_fused(f, ids, &params, |_, _| true)
+            .unwrap()
+            .generation
+            .tokens
+    }
+
+    #[test]
+    fn degenerate_mixtures_equal_the_single_expert() {
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let cfg = RouterConfig {
+            kind: "btm_token".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: a.decoder.config().hidden_size,
+            router_hidden: 8,
+        };
+        let to_a = TokenRouter::forced(cfg.clone(), 0, &Device::Cpu).unwrap();
+        let to_b = TokenRouter::forced(cfg, 1, &Device::Cpu).unwrap();
+        let layers = a.decoder.config().num_hidden_layers;
+        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+        // Expert 0's head reads the mixed stream ("one shared head"): (1, 0) is single(A).
+        let mix_a = LayerMixer::constant(&[1.0, 0.0], layers, names, &Device::Cpu).unwrap();
+        let mut differ = false;
+        for ids in prompts(&a) {
+            let single_a = tokens(Fusion::Single(&a), &ids);
+            let single_b = tokens(Fusion::Single(&b), &ids);
+            differ |= single_a != single_b;
+            // The library's plain generation is the same path as single.
+            let params = SamplingParams {
+                max_tokens: 24,
+                ..SamplingParams::default()
+            };
+            assert_eq!(
+                generate(&a, &ids, &params, |_| true).unwrap().tokens,
+                single_a
+            );
+
+            assert_eq!(
+                tokens(
+                    Fusion::Ensemble {
+                        models: &models,
+                        weights: &[1.0, 0.0]
+                    },
+                    &ids
+                ),
+                single_a
+            );
+            assert_eq!(
+                tokens(
+                    Fusion::Ensemble {
+                        models: &models,
+                        weights: &[0.0, 1.0]
+                    },
+                    &ids
+                ),
+                single_b
+            );
+            for hard in [false, true] {
+                assert_eq!(
+                    tokens(
+                        Fusion::BtmToken {
+                            models: &models,
+                            router: &to_a,
+                            hard
+                        },
+                        &ids
+                    ),
+                    single_a
+                );
+                assert_eq!(
+                    tokens(
+                        Fusion::BtmToken {
+                            models: &models,
+                            router: &to_b,
+                            hard
+                        },
+                        &ids
+                    ),
+                    single_b
+                );
+            }
+            assert_eq!(
+                tokens(
+                    Fusion::BtmLayer {
+                        models: &models,
+                        mixer: &mix_a
+                    },
+                    &ids
+                ),
+                single_a
+            );
+        }
+        assert!(
+            differ,
+            "the two experts should answer differently somewhere"
+        );
+    }
+
+    #[test]
+    fn costs_and_weights_are_reported() {
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let ids = &prompts(&a)[0];
+        let params = SamplingParams {
+            max_tokens: 8,
+            ..SamplingParams::default()
+        };
+        let single = generate_fused(Fusion::Single(&a), ids, &params, |_, _| true).unwrap();
+        assert_eq!(single.cost, 1.0);
+        let ens = generate_fused(
+            Fusion::Ensemble {
+                models: &models,
+                weights: &[3.0, 1.0],
+            },
+            ids,
+            &params,
+            |_, _| true,
+        )
+        .unwrap();
+        assert_eq!(ens.cost, 2.0);
+        assert_eq!(ens.routing_weights.len(), ens.generation.tokens.len());
+        assert!(ens.routing_weights.iter().all(|w| w == &[0.75, 0.25]));
+
+        let bad = generate_fused(
+            Fusion::Ensemble {
+                models: &models,
+                weights: &[1.0],
+            },
+            ids,
+            &params,
+            |_, _| true,
+        );
+        assert!(bad.unwrap_err().to_string().contains("weights"));
+        let names = vec!["a".to_string(), "b".to_string()];
+        let wrong = LayerMixer::constant(&[1.0, 0.0], 7, names, &Device::Cpu).unwrap();
+        let bad = generate_fused(
+            Fusion::BtmLayer {
+                models: &models,
+                mixer: &wrong,
+            },
+            ids,
+            &params,
+            |_, _| true,
+        );
+        assert!(bad.unwrap_err().to_string().contains("layers"));
+    }
+}
