@@ -16,6 +16,8 @@ pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod quality;
+pub mod serve_config;
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{ExpertError, Result};

@@ -23,9 +23,22 @@ struct Cli {
 enum Command {
     /// Generate a completion and stream its text to stdout.
     Generate(GenerateArgs),
+    /// Serve the configured models over HTTP (`/v1/generate`, `/health`, `/v1/models`, `/metrics`).
+    Serve(ServeArgs),
     /// Print the token ids and the logits of every position of a prompt as one JSON object
     /// (for parity checks against other implementations).
     Logits(LogitsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct ServeArgs {
+    /// The config file; its `experts:` section names the models.
+    #[arg(long, default_value = "configs/config.yaml", env = "HYBRID_CONFIG")]
+    config: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +89,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => run_generate(&args),
         Command::Logits(args) => run_logits(&args),
+        Command::Serve(args) => run_serve(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -140,4 +154,60 @@ fn run_logits(args: &LogitsArgs) -> Result<()> {
         .to_vec2()?;
     println!("{}", serde_json::json!({ "ids": ids, "logits": logits }));
     Ok(())
+}
+
+fn run_serve(args: &ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = experts::serve_config::ServeConfig::load(&args.config)?;
+    let addr: std::net::SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let state =
+            tokio::task::spawn_blocking(move || experts::server::ExpertState::load(&cfg)).await??;
+        tracing::info!(models = ?state.models.keys().collect::<Vec<_>>(), "models loaded");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("listening on http://{local}");
+        let app = experts::server::router(std::sync::Arc::new(state));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }
