@@ -104,26 +104,27 @@ impl ForgeProfile {
         }
     }
 
-    /// The default profile: a few million parameters, within 20 minutes on 2 cores.
+    /// The default profile: about a million parameters, sized to forge in about 20
+    /// minutes on 2 cores (training throughput, not disk, is the limit).
     pub fn full() -> Self {
         Self {
             name: "full".into(),
-            vocab_size: 3072,
-            hidden_size: 192,
+            vocab_size: 2048,
+            hidden_size: 128,
             num_layers: 4,
-            num_heads: 6,
+            num_heads: 4,
             num_kv_heads: 2,
-            intermediate_size: 512,
+            intermediate_size: 384,
             context: 512,
             seq_len: 128,
             batch_size: 16,
-            foundation_steps: 1800,
-            sft_steps: 500,
-            foundation_lr: 2e-3,
-            sft_lr: 1e-3,
-            n_general: 6000,
-            n_reasoning: 20000,
-            n_sop: 8000,
+            foundation_steps: 700,
+            sft_steps: 200,
+            foundation_lr: 3e-3,
+            sft_lr: 1.5e-3,
+            n_general: 5000,
+            n_reasoning: 15000,
+            n_sop: 6000,
             n_eval: 100,
         }
     }

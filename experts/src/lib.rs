@@ -16,6 +16,7 @@ pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod quality;
+pub mod router_train;
 pub mod serve_config;
 pub mod server;
 pub mod tokenizer;

@@ -482,3 +482,82 @@ mod fusion {
         assert!(bad.unwrap_err().to_string().contains("layers"));
     }
 }
+
+mod routers {
+    use super::*;
+    use experts::fusion::{Fusion, LayerMixer, TokenRouter, generate_fused};
+    use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
+
+    #[test]
+    fn trained_router_sends_each_domain_to_its_expert() {
+        let (out, _) = forged();
+        let a = load_model(&out.join("foundation"), DType::F32, &Device::Cpu).unwrap();
+        let b = load_model(&out.join("sft-sop"), DType::F32, &Device::Cpu).unwrap();
+        let models = [&a, &b];
+        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+        let opts = RouterTrainOptions {
+            steps: 60,
+            layer_steps: 6,
+            n_docs: 600,
+            ..RouterTrainOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rec = train_token_router(&models, &names, &opts, &dir.path().join("t")).unwrap();
+        let reasoning = rec.summary["reasoning"][0].as_f64().unwrap();
+        let sop = rec.summary["sop"][0].as_f64().unwrap();
+        assert!(
+            reasoning > sop + 0.2,
+            "foundation weight: reasoning {reasoning}, sop {sop}"
+        );
+        assert!(rec.losses.last().unwrap() < rec.losses.first().unwrap());
+        let again = train_token_router(&models, &names, &opts, &dir.path().join("t2")).unwrap();
+        assert_eq!(again.losses, rec.losses, "same seed, same router");
+
+        let layer = train_layer_mixer(&models, &names, &opts, &dir.path().join("l")).unwrap();
+        assert_eq!(layer.losses.len(), 6);
+
+        let router = TokenRouter::load(&dir.path().join("t"), &Device::Cpu).unwrap();
+        let mixer = LayerMixer::load(&dir.path().join("l"), &Device::Cpu).unwrap();
+        let ids = a
+            .tokenizer
+            .encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+            .unwrap();
+        let params = SamplingParams {
+            max_tokens: 6,
+            ..SamplingParams::default()
+        };
+        let g = generate_fused(
+            Fusion::BtmToken {
+                models: &models,
+                router: &router,
+                hard: false,
+            },
+            &ids,
+            &params,
+            |_, _| true,
+        )
+        .unwrap();
+        assert_eq!(g.routing_weights.len(), g.generation.tokens.len());
+        assert!(
+            g.routing_weights
+                .iter()
+                .all(|w| (w.iter().sum::<f32>() - 1.0).abs() < 1e-4)
+        );
+        generate_fused(
+            Fusion::BtmLayer {
+                models: &models,
+                mixer: &mixer,
+            },
+            &ids,
+            &params,
+            |_, _| true,
+        )
+        .unwrap();
+
+        std::fs::write(dir.path().join("t/router.safetensors"), b"junk").unwrap();
+        let e = TokenRouter::load(&dir.path().join("t"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt"), "{e}");
+    }
+}

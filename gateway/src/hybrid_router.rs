@@ -31,9 +31,12 @@ impl Route {
 }
 
 /// A routing policy.
-pub trait RoutingPolicy: Send + Sync {
+pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
     /// Decides the route of one classified query.
     fn decide_routing(&self, classification: &Classification) -> Route;
+
+    /// The confidence threshold in force now (reported in every answer's `routing`).
+    fn threshold(&self) -> f32;
 }
 
 /// The seed's rule: confidence ≥ threshold → the category's expert alone; below it → fusion
@@ -64,6 +67,10 @@ impl RoutingPolicy for ThresholdPolicy {
         } else {
             Route::Foundation
         }
+    }
+
+    fn threshold(&self) -> f32 {
+        self.confidence_threshold
     }
 }
 

@@ -1,0 +1,365 @@
+//! Training of the BTM routers with the experts frozen, on mixed-domain text (reasoning +
+//! SOP), by the mixture's next-token likelihood:
+//!
+//! - token level: the router MLP reads the experts' final hidden states and its weights
+//!   `w` minimise `-log Σ_e w_e · p_e(next token)`;
+//! - layer level: the per-layer coefficients minimise the cross-entropy of the layer-mixed
+//!   forward (gradients flow through the frozen experts' layers into the coefficients).
+//!
+//! Batches come from a seeded stream; the same seed gives the same router.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{D, DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::chat::ChatTemplate;
+use crate::corpus;
+use crate::error::{ExpertError, Result};
+use crate::forge::{CHAT_TEMPLATE, chat_document};
+use crate::fusion::{RouterConfig, new_router_vars};
+use crate::loader::LoadedModel;
+use crate::model::Path as NumPath;
+
+/// Options of a router training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterTrainOptions {
+    pub steps: usize,
+    pub layer_steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub lr: f64,
+    pub router_hidden: usize,
+    pub seed: u64,
+    pub n_docs: usize,
+}
+
+impl Default for RouterTrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            layer_steps: 60,
+            batch_size: 8,
+            seq_len: 96,
+            lr: 3e-3,
+            router_hidden: 64,
+            seed: 1234,
+            n_docs: 3000,
+        }
+    }
+}
+
+/// What a run measured (`loss.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterRecord {
+    pub kind: String,
+    pub options: RouterTrainOptions,
+    pub losses: Vec<f32>,
+    pub seconds: f64,
+    /// Mean mixing weight of each expert on reasoning-only and SOP-only held-out batches
+    /// (token router) or the learned per-layer weights (layer mixer).
+    pub summary: serde_json::Value,
+}
+
+fn bar(steps: usize, label: &str) -> ProgressBar {
+    let b = ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} {bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_prefix(label.to_string());
+    b
+}
+
+/// Mixed-domain training text as one token stream.
+fn mixed_stream(model: &LoadedModel, n: usize, seed: u64) -> Result<Vec<u32>> {
+    let template = ChatTemplate::new(CHAT_TEMPLATE);
+    let mut docs: Vec<String> = corpus::reasoning_train(seed, n / 2)
+        .iter()
+        .chain(corpus::sop_train(seed, n / 2).iter())
+        .map(|e| chat_document(&template, e))
+        .collect::<Result<_>>()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for i in (1..docs.len()).rev() {
+        let j = rng.random_range(0..=i);
+        docs.swap(i, j);
+    }
+    let mut out = Vec::new();
+    for d in &docs {
+        out.extend(model.tokenizer.encode(d)?);
+    }
+    Ok(out)
+}
+
+fn batch(
+    stream: &[u32],
+    b: usize,
+    t: usize,
+    rng: &mut ChaCha8Rng,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    if stream.len() <= t + 1 {
+        return Err(ExpertError::Training(
+            "the training stream is shorter than one sequence".into(),
+        ));
+    }
+    let mut x = Vec::with_capacity(b * t);
+    let mut y = Vec::with_capacity(b * t);
+    for _ in 0..b {
+        let s = rng.random_range(0..stream.len() - t - 1);
+        x.extend_from_slice(&stream[s..s + t]);
+        y.extend_from_slice(&stream[s + 1..s + t + 1]);
+    }
+    Ok((
+        Tensor::from_vec(x, (b, t), device)?,
+        Tensor::from_vec(y, (b, t), device)?,
+    ))
+}
+
+/// Each expert's final hidden states `[n, h]` and log-probability of the targets `[n, 1]`.
+fn expert_features(
+    models: &[&LoadedModel],
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let (b, t) = x.dims2()?;
+    let targets = y.reshape((b * t, 1))?;
+    let mut hidden = Vec::new();
+    let mut logp = Vec::new();
+    for m in models {
+        let out = m.decoder.forward(x, None, false, true, NumPath::Fused)?;
+        let h = out
+            .hidden_states
+            .and_then(|mut h| h.pop())
+            .ok_or_else(|| ExpertError::Training("no hidden states".into()))?;
+        hidden.push(h.reshape((b * t, ()))?.to_dtype(DType::F32)?.detach());
+        let lp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
+        logp.push(lp.reshape((b * t, ()))?.gather(&targets, 1)?.detach());
+    }
+    Ok((hidden, logp))
+}
+
+/// Trains the token-level router and writes `router.json`, `router.safetensors`, `loss.json`.
+pub fn train_token_router(
+    models: &[&LoadedModel],
+    names: &[String],
+    opts: &RouterTrainOptions,
+    out: &Path,
+) -> Result<RouterRecord> {
+    let device = models[0].decoder.device().clone();
+    let config = RouterConfig {
+        kind: "btm_token".into(),
+        experts: names.to_vec(),
+        hidden_size: models[0].decoder.config().hidden_size,
+        router_hidden: opts.router_hidden,
+    };
+    let varmap = VarMap::new();
+    let router = new_router_vars(&config, &varmap, &device)?;
+    seed_vars(&varmap, opts.seed)?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let stream = mixed_stream(models[0], opts.n_docs, opts.seed)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let started = Instant::now();
+    let pb = bar(opts.steps, "btm_token");
+    let mut losses = Vec::new();
+    for _ in 0..opts.steps {
+        let (x, y) = batch(&stream, opts.batch_size, opts.seq_len, &mut rng, &device)?;
+        let (hidden, logp) = expert_features(models, &x, &y)?;
+        let w = router.weights(&hidden)?; // [n, E]
+        let logp = Tensor::cat(&logp, 1)?; // [n, E]
+        let mixed = (w.log()? + logp)?; // log(w_e p_e)
+        let max = mixed.max_keepdim(1)?.detach();
+        let lse = (mixed.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?;
+        let loss = lse.neg()?.mean_all()?;
+        opt.backward_step(&loss)?;
+        let l = loss.to_scalar::<f32>()?;
+        losses.push(l);
+        pb.set_message(format!("loss {l:.3}"));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    // Where does the router send each domain? Mean weights on held-out prompts of each.
+    let template = ChatTemplate::new(CHAT_TEMPLATE);
+    let mut summary = serde_json::Map::new();
+    for (domain, set) in [
+        ("reasoning", corpus::reasoning_eval(opts.seed, 20)),
+        ("sop", corpus::sop_eval(opts.seed, 20)),
+    ] {
+        let mut acc = vec![0f32; names.len()];
+        let mut n = 0usize;
+        for ex in &set {
+            let ids = models[0].tokenizer.encode(&chat_document(&template, ex)?)?;
+            let x = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
+            let y = x.clone();
+            let (hidden, _) = expert_features(models, &x, &y)?;
+            let w: Vec<Vec<f32>> = router.weights(&hidden)?.to_vec2()?;
+            for row in &w {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            n += w.len();
+        }
+        let mean: Vec<f32> = acc.iter().map(|a| a / n.max(1) as f32).collect();
+        summary.insert(domain.into(), serde_json::json!(mean));
+    }
+    std::fs::create_dir_all(out).map_err(|e| ExpertError::io(out, e))?;
+    write_json(&out.join("router.json"), &config)?;
+    varmap.save(out.join("router.safetensors"))?;
+    let record = RouterRecord {
+        kind: "btm_token".into(),
+        options: opts.clone(),
+        losses,
+        seconds: started.elapsed().as_secs_f64(),
+        summary: serde_json::Value::Object(summary),
+    };
+    write_json(&out.join("loss.json"), &record)?;
+    Ok(record)
+}
+
+/// Trains the layer-level coefficients and writes `mixer.json`, `mixer.safetensors`, `loss.json`.
+pub fn train_layer_mixer(
+    models: &[&LoadedModel],
+    names: &[String],
+    opts: &RouterTrainOptions,
+    out: &Path,
+) -> Result<RouterRecord> {
+    let device = models[0].decoder.device().clone();
+    let layers = models[0].decoder.config().num_hidden_layers;
+    if models.iter().any(|m| {
+        m.decoder.config().num_hidden_layers != layers
+            || m.decoder.config().hidden_size != models[0].decoder.config().hidden_size
+    }) {
+        return Err(ExpertError::Training(
+            "btm_layer needs same-shaped experts".into(),
+        ));
+    }
+    let coeffs = Var::zeros((layers + 1, models.len()), DType::F32, &device)?;
+    let mut opt = AdamW::new(
+        vec![coeffs.clone()],
+        ParamsAdamW {
+            lr: opts.lr * 10.0,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let stream = mixed_stream(models[0], opts.n_docs, opts.seed + 1)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed + 1);
+    let started = Instant::now();
+    let pb = bar(opts.layer_steps, "btm_layer");
+    let mut losses = Vec::new();
+    let vocab = models[0].decoder.config().vocab_size;
+    for _ in 0..opts.layer_steps {
+        let (x, y) = batch(
+            &stream,
+            opts.batch_size / 2,
+            opts.seq_len,
+            &mut rng,
+            &device,
+        )?;
+        let w = candle_nn::ops::softmax(coeffs.as_tensor(), D::Minus1)?; // [L+1, E]
+        let mix = |streams: &[Tensor], row: usize| -> Result<Tensor> {
+            let mut acc: Option<Tensor> = None;
+            for (e, s) in streams.iter().enumerate() {
+                let we = w.narrow(0, row, 1)?.narrow(1, e, 1)?.reshape(())?;
+                let term = s.broadcast_mul(&we)?;
+                acc = Some(match acc {
+                    None => term,
+                    Some(a) => (a + term)?,
+                });
+            }
+            acc.ok_or_else(|| ExpertError::Training("no experts".into()))
+        };
+        let embeds: Vec<Tensor> = models
+            .iter()
+            .map(|m| m.decoder.embed(&x))
+            .collect::<Result<_>>()?;
+        let mut h = mix(&embeds, 0)?;
+        for l in 0..layers {
+            let outs: Vec<Tensor> = models
+                .iter()
+                .map(|m| m.decoder.layer(l, &h, None, 0, NumPath::Differentiable))
+                .collect::<Result<_>>()?;
+            h = mix(&outs, l + 1)?;
+        }
+        let logits = models[0].decoder.head(&h, NumPath::Differentiable)?;
+        let (b, t) = x.dims2()?;
+        let loss =
+            candle_nn::loss::cross_entropy(&logits.reshape((b * t, vocab))?, &y.reshape(b * t)?)?;
+        opt.backward_step(&loss)?;
+        let l = loss.to_scalar::<f32>()?;
+        losses.push(l);
+        pb.set_message(format!("loss {l:.3}"));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let weights: Vec<Vec<f32>> =
+        candle_nn::ops::softmax(coeffs.as_tensor(), D::Minus1)?.to_vec2()?;
+    std::fs::create_dir_all(out).map_err(|e| ExpertError::io(out, e))?;
+    let config = RouterConfig {
+        kind: "btm_layer".into(),
+        experts: names.to_vec(),
+        hidden_size: models[0].decoder.config().hidden_size,
+        router_hidden: 0,
+    };
+    write_json(&out.join("mixer.json"), &config)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("logits".to_string(), coeffs.as_tensor().clone())]),
+        out.join("mixer.safetensors"),
+    )?;
+    let record = RouterRecord {
+        kind: "btm_layer".into(),
+        options: opts.clone(),
+        losses,
+        seconds: started.elapsed().as_secs_f64(),
+        summary: serde_json::json!({ "layer_weights": weights }),
+    };
+    write_json(&out.join("loss.json"), &record)?;
+    Ok(record)
+}
+
+fn seed_vars(varmap: &VarMap, seed: u64) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| ExpertError::Training("variable map lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let n = var.elem_count();
+        let fan_in = var.dims().last().copied().unwrap_or(1) as f32;
+        let bound = 1.0 / fan_in.sqrt();
+        let values: Vec<f32> = if name.ends_with("bias") {
+            vec![0.0; n]
+        } else {
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        var.set(&Tensor::from_vec(
+            values,
+            var.shape().clone(),
+            var.device(),
+        )?)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ExpertError::Training(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| ExpertError::io(path, e))
+}

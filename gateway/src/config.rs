@@ -1,0 +1,488 @@
+//! The gateway's view of `configs/config.yaml`, loaded once and validated at start-up.
+//!
+//! The file has three top-level sections:
+//! - `hybrid`: the seed's keys, read by [`classifier::config::parse_config`];
+//! - `experts`: owned by the expert process; the gateway reads only the names of
+//!   `experts.models` (to check routes against them);
+//! - `gateway`: [`GatewaySettings`], read strictly here.
+//!
+//! Unknown keys and impossible values fail with the key's dotted path and the file's name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use classifier::ClassifierError;
+use classifier::config::HybridConfig;
+use protocol::FusionMode;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GatewayError, Result};
+
+/// The environment variable that adds one API key to `gateway.api_keys`.
+pub const API_KEY_ENV: &str = "GATEWAY_API_KEY";
+
+/// How far the gateway trusts the client's `route_hint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HintTrust {
+    /// Always classify on the server (microseconds); the hint is ignored.
+    None,
+    /// Accept a hint signed by a configured edge key (HMAC-SHA256) when fresh and valid.
+    Signed,
+    /// Trust the hint as sent (trusted networks only).
+    Any,
+}
+
+/// `gateway:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer tokens; empty = no auth, loopback only.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default = "default_hint_trust")]
+    pub hint_trust: HintTrust,
+    /// Key id → shared secret for hint signatures.
+    #[serde(default)]
+    pub edge_keys: BTreeMap<String, String>,
+    #[serde(default = "default_hint_max_age_s")]
+    pub hint_max_age_s: u64,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    #[serde(default = "default_max_tokens_limit")]
+    pub max_tokens_limit: usize,
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: u64,
+    /// Local `expert serve` processes to start.
+    #[serde(default = "default_expert_processes")]
+    pub expert_processes: usize,
+    /// Path of the `expert` binary; default: next to the gateway's own executable.
+    #[serde(default)]
+    pub expert_binary: Option<PathBuf>,
+    /// How long an expert process may take to become healthy (it may load or forge models).
+    #[serde(default = "default_expert_start_timeout_s")]
+    pub expert_start_timeout_s: u64,
+    /// Grace period between SIGTERM and SIGKILL when stopping an expert process.
+    #[serde(default = "default_expert_stop_grace_s")]
+    pub expert_stop_grace_s: u64,
+    /// URLs of expert processes started elsewhere.
+    #[serde(default)]
+    pub remote_experts: Vec<String>,
+    /// Category → model name (a key of `experts.models`).
+    pub category_experts: BTreeMap<String, String>,
+    /// The model that answers uncertain queries when fusion is disabled.
+    pub foundation_model: String,
+    /// The fusion mode for uncertain queries.
+    pub fusion: FusionMode,
+    /// SQLite file of `POST /v1/feedback`.
+    #[serde(default = "default_feedback_db")]
+    pub feedback_db: PathBuf,
+    /// Static files served at `/` (a missing directory is fine).
+    #[serde(default = "default_web_dir")]
+    pub web_dir: PathBuf,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_hint_trust() -> HintTrust {
+    HintTrust::None
+}
+fn default_hint_max_age_s() -> u64 {
+    300
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_max_concurrent_requests() -> usize {
+    64
+}
+fn default_max_tokens_limit() -> usize {
+    1024
+}
+fn default_request_timeout_s() -> u64 {
+    300
+}
+fn default_expert_processes() -> usize {
+    1
+}
+fn default_expert_start_timeout_s() -> u64 {
+    900
+}
+fn default_expert_stop_grace_s() -> u64 {
+    10
+}
+fn default_feedback_db() -> PathBuf {
+    PathBuf::from("data/feedback.sqlite")
+}
+fn default_web_dir() -> PathBuf {
+    PathBuf::from("web")
+}
+
+/// The whole validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it came from (passed on to `expert serve --config`).
+    pub path: PathBuf,
+    pub hybrid: HybridConfig,
+    /// Names of `experts.models`.
+    pub expert_models: Vec<String>,
+    pub gateway: GatewaySettings,
+    /// The parsed listen address.
+    pub listen: SocketAddr,
+}
+
+impl GatewayConfig {
+    /// Loads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GatewayError::io(format!("reading {}", path.display()), e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses a whole config file's text; `path` names the file in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let hybrid = classifier::config::parse_config(text, path).map_err(from_classifier)?;
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| GatewayError::config("<document>", e.to_string()).in_file(path))?;
+        let expert_models = expert_model_names(&value).map_err(|e| e.in_file(path))?;
+        let Some(section) = value.get("gateway") else {
+            return Err(GatewayError::config("gateway", "missing section").in_file(path));
+        };
+        let gateway: GatewaySettings =
+            serde_path_to_error::deserialize(section.clone()).map_err(|e| {
+                let key = match e.path().to_string().as_str() {
+                    "." => "gateway".to_string(),
+                    p => format!("gateway.{p}"),
+                };
+                GatewayError::config(key, e.inner().to_string()).in_file(path)
+            })?;
+        let listen = validate(&hybrid, &expert_models, &gateway).map_err(|e| e.in_file(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            hybrid,
+            expert_models,
+            gateway,
+            listen,
+        })
+    }
+
+    /// Adds the key of [`API_KEY_ENV`] when it is set and not empty.
+    #[must_use]
+    pub fn with_env_api_key(mut self) -> Self {
+        if let Ok(key) = std::env::var(API_KEY_ENV)
+            && !key.trim().is_empty()
+        {
+            self.gateway.api_keys.push(key.trim().to_string());
+        }
+        self
+    }
+
+    /// The model that serves a category (validated to exist).
+    pub fn category_model(&self, category: usize) -> Option<&str> {
+        let name = self.hybrid.categories.get(category)?;
+        self.gateway.category_experts.get(name).map(String::as_str)
+    }
+}
+
+fn from_classifier(e: ClassifierError) -> GatewayError {
+    match e {
+        ClassifierError::Config { file, key, message } => {
+            GatewayError::Config { file, key, message }
+        }
+        other => GatewayError::Classifier(other),
+    }
+}
+
+fn expert_model_names(doc: &serde_yaml::Value) -> Result<Vec<String>> {
+    let Some(experts) = doc.get("experts") else {
+        return Err(GatewayError::config("experts", "missing section"));
+    };
+    let Some(models) = experts.get("models") else {
+        return Err(GatewayError::config("experts.models", "missing key"));
+    };
+    let serde_yaml::Value::Mapping(models) = models else {
+        return Err(GatewayError::config(
+            "experts.models",
+            "expected a mapping of model name to model directory",
+        ));
+    };
+    let mut names = Vec::new();
+    for (k, _) in models {
+        match k.as_str() {
+            Some(name) if !name.trim().is_empty() => names.push(name.to_string()),
+            _ => {
+                return Err(GatewayError::config(
+                    "experts.models",
+                    format!("model names must be non-empty strings, got {k:?}"),
+                ));
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(GatewayError::config("experts.models", "no model is named"));
+    }
+    Ok(names)
+}
+
+fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Result<SocketAddr> {
+    let listen: SocketAddr = g.listen.parse().map_err(|e| {
+        GatewayError::config(
+            "gateway.listen",
+            format!("{:?} is not a HOST:PORT socket address ({e})", g.listen),
+        )
+    })?;
+    for (i, key) in g.api_keys.iter().enumerate() {
+        if key.trim().is_empty() {
+            return Err(GatewayError::config(
+                format!("gateway.api_keys[{i}]"),
+                "empty API key",
+            ));
+        }
+    }
+    if g.hint_trust == HintTrust::Signed && g.edge_keys.is_empty() {
+        return Err(GatewayError::config(
+            "gateway.edge_keys",
+            "hint_trust `signed` needs at least one edge key",
+        ));
+    }
+    for (id, secret) in &g.edge_keys {
+        if secret.len() < 16 {
+            return Err(GatewayError::config(
+                format!("gateway.edge_keys.{id}"),
+                "a signing secret must have at least 16 bytes",
+            ));
+        }
+    }
+    let positive: [(&str, u64); 5] = [
+        ("gateway.hint_max_age_s", g.hint_max_age_s),
+        ("gateway.max_body_bytes", g.max_body_bytes as u64),
+        (
+            "gateway.max_concurrent_requests",
+            g.max_concurrent_requests as u64,
+        ),
+        ("gateway.max_tokens_limit", g.max_tokens_limit as u64),
+        ("gateway.request_timeout_s", g.request_timeout_s),
+    ];
+    for (key, v) in positive {
+        if v == 0 {
+            return Err(GatewayError::config(key, "must be greater than 0"));
+        }
+    }
+    if g.expert_start_timeout_s == 0 {
+        return Err(GatewayError::config(
+            "gateway.expert_start_timeout_s",
+            "must be greater than 0",
+        ));
+    }
+    if g.expert_processes == 0 && g.remote_experts.is_empty() {
+        return Err(GatewayError::config(
+            "gateway.expert_processes",
+            "0 expert processes and no remote_experts: nothing could answer",
+        ));
+    }
+    for (i, url) in g.remote_experts.iter().enumerate() {
+        let ok = reqwest::Url::parse(url)
+            .map(|u| u.scheme() == "http" && u.host().is_some())
+            .unwrap_or(false);
+        if !ok {
+            return Err(GatewayError::config(
+                format!("gateway.remote_experts[{i}]"),
+                format!("{url:?} is not an http:// URL"),
+            ));
+        }
+    }
+    let known = |name: &str| models.iter().any(|m| m == name);
+    for cat in &hybrid.categories {
+        if !g.category_experts.contains_key(cat) {
+            return Err(GatewayError::config(
+                "gateway.category_experts",
+                format!("category {cat:?} of hybrid.categories has no expert"),
+            ));
+        }
+    }
+    for (cat, model) in &g.category_experts {
+        if !hybrid.categories.contains(cat) {
+            return Err(GatewayError::config(
+                format!("gateway.category_experts.{cat}"),
+                format!(
+                    "{cat:?} is not one of hybrid.categories {:?}",
+                    hybrid.categories
+                ),
+            ));
+        }
+        if !known(model) {
+            return Err(GatewayError::config(
+                format!("gateway.category_experts.{cat}"),
+                format!("model {model:?} is not a key of experts.models {models:?}"),
+            ));
+        }
+    }
+    if !known(&g.foundation_model) {
+        return Err(GatewayError::config(
+            "gateway.foundation_model",
+            format!(
+                "model {:?} is not a key of experts.models {models:?}",
+                g.foundation_model
+            ),
+        ));
+    }
+    let fusion_models = g.fusion.models();
+    if fusion_models.is_empty() {
+        return Err(GatewayError::config("gateway.fusion.models", "no model"));
+    }
+    for (i, m) in fusion_models.iter().enumerate() {
+        if !known(m) {
+            return Err(GatewayError::config(
+                format!("gateway.fusion.models[{i}]"),
+                format!("model {m:?} is not a key of experts.models {models:?}"),
+            ));
+        }
+    }
+    if let FusionMode::Ensemble {
+        models: ms,
+        weights: Some(w),
+    } = &g.fusion
+        && (w.len() != ms.len() || w.iter().any(|x| !x.is_finite() || *x < 0.0))
+    {
+        return Err(GatewayError::config(
+            "gateway.fusion.weights",
+            "one finite, non-negative weight per model",
+        ));
+    }
+    Ok(listen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+hybrid:
+  categories: ["reasoning", "sop"]
+  classifier:
+    type: "rule_based"
+    checkpoint_dir: "./models/checkpoints/classifier"
+  routing:
+    confidence_threshold: 0.85
+    enable_btm_fallback: true
+experts:
+  models:
+    foundation: models/foundation
+    sft-sop: models/sft-sop
+  device: cpu
+gateway:
+  listen: "127.0.0.1:8080"
+  api_keys: []
+  hint_trust: none
+  edge_keys: {}
+  hint_max_age_s: 300
+  max_body_bytes: 1048576
+  max_concurrent_requests: 64
+  max_tokens_limit: 1024
+  request_timeout_s: 300
+  expert_processes: 1
+  expert_binary: null
+  remote_experts: []
+  category_experts: {reasoning: foundation, sop: sft-sop}
+  foundation_model: foundation
+  fusion: {type: btm_token, models: [foundation, sft-sop]}
+  feedback_db: data/feedback.sqlite
+"#;
+
+    fn err(text: &str) -> String {
+        GatewayConfig::parse(text, Path::new("cfg.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+        let c = GatewayConfig::load(&path).unwrap();
+        assert_eq!(c.expert_models, ["foundation", "sft-sop"]);
+        assert_eq!(c.category_model(1), Some("sft-sop"));
+        let c = GatewayConfig::parse(GOOD, Path::new("cfg.yaml")).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let cases = [
+            (
+                "hint_trust: none",
+                "hint_trust: nobody",
+                "gateway.hint_trust",
+            ),
+            ("  api_keys: []", "  api_keyz: []", "api_keyz"),
+            ("\"127.0.0.1:8080\"", "\"localhost\"", "gateway.listen"),
+            (
+                "hint_trust: none",
+                "hint_trust: signed",
+                "gateway.edge_keys",
+            ),
+            (
+                "max_body_bytes: 1048576",
+                "max_body_bytes: 0",
+                "gateway.max_body_bytes",
+            ),
+            (
+                "request_timeout_s: 300",
+                "request_timeout_s: -1",
+                "gateway.request_timeout_s",
+            ),
+            (
+                "{reasoning: foundation, sop: sft-sop}",
+                "{reasoning: foundation, sop: sft-sop, legal: foundation}",
+                "gateway.category_experts.legal",
+            ),
+            (
+                "{reasoning: foundation, sop: sft-sop}",
+                "{reasoning: foundation}",
+                "gateway.category_experts",
+            ),
+            (
+                "sop: sft-sop}",
+                "sop: sft-xxx}",
+                "gateway.category_experts.sop",
+            ),
+            (
+                "foundation_model: foundation",
+                "foundation_model: base",
+                "gateway.foundation_model",
+            ),
+            (
+                "models: [foundation, sft-sop]",
+                "models: [foundation, nope]",
+                "gateway.fusion.models[1]",
+            ),
+            ("type: btm_token", "type: magic", "gateway.fusion"),
+            (
+                "remote_experts: []",
+                "remote_experts: [\"ftp://x\"]",
+                "gateway.remote_experts[0]",
+            ),
+            (
+                "confidence_threshold: 0.85",
+                "confidence_threshold: 2",
+                "hybrid.routing",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(key), "{to}: {e}");
+            assert!(e.contains("cfg.yaml"), "{to}: {e}");
+        }
+        let e = err(&GOOD.replace("gateway:\n", "gateway_:\n"));
+        assert!(e.contains("gateway_") && e.contains("cfg.yaml"), "{e}");
+        let e = err(&GOOD.replace("  models:\n", "  modelz:\n"));
+        assert!(e.contains("experts.models"), "{e}");
+    }
+}
