@@ -85,6 +85,23 @@ pub struct GatewaySettings {
     /// Static files served at `/` (a missing directory is fine).
     #[serde(default = "default_web_dir")]
     pub web_dir: PathBuf,
+    /// When the default models are missing, build them before starting the experts:
+    /// `full` (forge's default profile), `small` (the fast test profile) or `off`.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: Bootstrap,
+}
+
+/// How missing default models are obtained (see [`crate::bootstrap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootstrap {
+    Full,
+    Small,
+    Off,
+}
+
+fn default_bootstrap() -> Bootstrap {
+    Bootstrap::Full
 }
 
 fn default_listen() -> String {

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bootstrap;
 pub mod config;
 pub mod dispatch;
 pub mod error;

@@ -49,6 +49,8 @@ pub async fn run(config: GatewayConfig, listen: Option<SocketAddr>) -> Result<()
     let classifier: Arc<dyn Classifier> = Arc::from(config.hybrid.build_classifier(None, None)?);
     let feedback = Arc::new(FeedbackStore::open(&config.gateway.feedback_db)?);
 
+    crate::bootstrap::ensure_models(&config).await?;
+
     let g = &config.gateway;
     let start_timeout = Duration::from_secs(g.expert_start_timeout_s);
     let mut locals = Vec::new();
