@@ -36,7 +36,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{GatewayError, Result};
 use crate::feedback::{FeedbackStore, RECENT_RESPONSES, RecentResponses, ResponseRecord};
 use crate::hint::{self, RouteHint};
-use crate::hybrid_router::{Route, RoutingPolicy, ThresholdPolicy};
+use crate::hybrid_router::{DynamicThresholdPolicy, Route, RoutingPolicy, ThresholdPolicy};
 use crate::telemetry::{self, InFlight};
 
 /// The model name that asks for hybrid routing.
@@ -78,7 +78,19 @@ impl AppState {
         feedback: Arc<FeedbackStore>,
         backends: Vec<Arc<dyn ExpertBackend>>,
     ) -> Self {
-        let policy = Arc::new(ThresholdPolicy::from(&config.hybrid.routing));
+        let routing = &config.hybrid.routing;
+        let policy: Arc<dyn RoutingPolicy> = match config.gateway.target_cost {
+            Some(target) => {
+                let mut p = DynamicThresholdPolicy::new(
+                    routing.confidence_threshold,
+                    target,
+                    config.gateway.fusion.models().len(),
+                );
+                p.enable_btm_fallback = routing.enable_btm_fallback;
+                Arc::new(p)
+            }
+            None => Arc::new(ThresholdPolicy::from(routing)),
+        };
         let key_digests = config
             .gateway
             .api_keys
@@ -377,6 +389,10 @@ fn json_rejection(rejection: &JsonRejection, state: &AppState) -> GatewayError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => {
             GatewayError::BadRequest("expected `Content-Type: application/json`".into())
+        }
+        // Well-formed JSON of the wrong shape: 422, like OpenAI-compatible servers answer.
+        JsonRejection::JsonDataError(_) => {
+            GatewayError::Unprocessable(format!("invalid request body: {}", rejection.body_text()))
         }
         other => GatewayError::BadRequest(format!("invalid JSON body: {}", other.body_text())),
     }

@@ -89,6 +89,10 @@ pub struct GatewaySettings {
     /// `full` (forge's default profile), `small` (the fast test profile) or `off`.
     #[serde(default = "default_bootstrap")]
     pub bootstrap: Bootstrap,
+    /// When set, the confidence threshold moves online to hold this mean cost (model
+    /// forwards per token, e.g. 1.2) instead of staying at `hybrid.routing.confidence_threshold`.
+    #[serde(default)]
+    pub target_cost: Option<f32>,
 }
 
 /// How missing default models are obtained (see [`crate::bootstrap`]).
@@ -249,6 +253,15 @@ fn expert_model_names(doc: &serde_yaml::Value) -> Result<Vec<String>> {
 }
 
 fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Result<SocketAddr> {
+    if let Some(t) = g.target_cost {
+        let max = g.fusion.models().len().max(1) as f32;
+        if !(t.is_finite() && (1.0..=max).contains(&t)) {
+            return Err(GatewayError::config(
+                "gateway.target_cost",
+                format!("{t} is out of range [1, {max}] (1 = never fuse, {max} = always fuse)"),
+            ));
+        }
+    }
     let listen: SocketAddr = g.listen.parse().map_err(|e| {
         GatewayError::config(
             "gateway.listen",

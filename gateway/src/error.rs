@@ -26,6 +26,10 @@ pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
 
+    /// The body is well-formed JSON of the wrong shape (wrong types, unknown fields).
+    #[error("{0}")]
+    Unprocessable(String),
+
     /// Missing or wrong bearer token.
     #[error("invalid or missing API key")]
     Unauthorized,
@@ -114,6 +118,11 @@ impl GatewayError {
     /// HTTP status, OpenAI error `type` and `code`.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
+            Self::Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "invalid_body",
+            ),
             Self::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",

@@ -74,6 +74,61 @@ impl RoutingPolicy for ThresholdPolicy {
     }
 }
 
+/// A threshold that moves online to hold a target mean cost (future direction 2 of the
+/// seed). After each decision of cost `c` the threshold moves by `step × (target − c)`:
+/// a fusion (cost 2 > target) lowers it, a single expert (cost 1 < target) raises it, so
+/// the long-run share of fusions settles where the mean cost equals the target (a
+/// Robbins–Monro controller). The threshold stays within `[min, max]`.
+#[derive(Debug)]
+pub struct DynamicThresholdPolicy {
+    pub target_cost: f32,
+    pub step: f32,
+    pub min: f32,
+    pub max: f32,
+    pub fused_experts: usize,
+    pub enable_btm_fallback: bool,
+    threshold: std::sync::Mutex<f32>,
+}
+
+impl DynamicThresholdPolicy {
+    /// Starts at `initial` (e.g. the seed's 0.85).
+    pub fn new(initial: f32, target_cost: f32, fused_experts: usize) -> Self {
+        Self {
+            target_cost,
+            step: 0.002,
+            min: 0.0,
+            max: 1.0,
+            fused_experts,
+            enable_btm_fallback: true,
+            threshold: std::sync::Mutex::new(initial.clamp(0.0, 1.0)),
+        }
+    }
+}
+
+impl RoutingPolicy for DynamicThresholdPolicy {
+    fn decide_routing(&self, c: &Classification) -> Route {
+        let mut t = match self.threshold.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let route = ThresholdPolicy {
+            confidence_threshold: *t,
+            enable_btm_fallback: self.enable_btm_fallback,
+        }
+        .decide_routing(c);
+        let cost = route.cost(self.fused_experts);
+        *t = (*t + self.step * (self.target_cost - cost)).clamp(self.min, self.max);
+        route
+    }
+
+    fn threshold(&self) -> f32 {
+        match self.threshold.lock() {
+            Ok(t) => *t,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +166,49 @@ mod tests {
         assert_eq!(p.decide_routing(&classification(0, 0.6)), Route::Foundation);
     }
 
+    /// A synthetic stream of confidences from a seeded generator (a mix of confident and
+    /// uncertain queries, like the classifier's output).
+    fn confidences(seed: u64, n: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 40) as f32 / (1u64 << 24) as f32;
+                // Skewed towards high confidence: 0.5 + 0.5 * u^0.5.
+                0.5 + 0.5 * u.sqrt()
+            })
+            .collect()
+    }
+
     proptest! {
+        #[test]
+        fn monotone_in_confidence(c1 in 0.0f32..=1.0, c2 in 0.0f32..=1.0, t in 0.0f32..=1.0, fallback: bool) {
+            let (lo, hi) = if c1 <= c2 { (c1, c2) } else { (c2, c1) };
+            let p = ThresholdPolicy { confidence_threshold: t, enable_btm_fallback: fallback };
+            // More confidence never costs more.
+            prop_assert!(p.decide_routing(&classification(0, hi)).cost(2) <= p.decide_routing(&classification(0, lo)).cost(2));
+        }
+
+        #[test]
+        fn exact_at_the_threshold_and_no_btm_without_fallback(t in 0.0f32..=1.0, c in 0.0f32..=1.0, cat in 0usize..2) {
+            let p = ThresholdPolicy { confidence_threshold: t, enable_btm_fallback: true };
+            prop_assert_eq!(p.decide_routing(&classification(cat, t)), Route::Single { category: cat });
+            let off = ThresholdPolicy { confidence_threshold: t, enable_btm_fallback: false };
+            prop_assert_ne!(off.decide_routing(&classification(cat, c)), Route::Fusion);
+        }
+
+        #[test]
+        fn dynamic_threshold_holds_its_target(seed in 0u64..1000, target in 1.1f32..1.6) {
+            let p = DynamicThresholdPolicy::new(0.85, target, 2);
+            let stream = confidences(seed, 30_000);
+            let costs: Vec<f32> = stream.iter().map(|&c| p.decide_routing(&classification(0, c)).cost(2)).collect();
+            let tail = &costs[10_000..];
+            let mean = tail.iter().sum::<f32>() / tail.len() as f32;
+            prop_assert!((mean - target).abs() <= 0.05, "mean cost {} for target {}", mean, target);
+        }
+
         #[test]
         fn raising_the_threshold_never_lowers_cost(conf in 0.0f32..=1.0, t1 in 0.0f32..=1.0, t2 in 0.0f32..=1.0) {
             let (lo, hi) = if t1 <= t2 { (t1, t2) } else { (t2, t1) };

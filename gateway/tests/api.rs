@@ -310,11 +310,8 @@ async fn full_concurrency_is_429_with_retry_after_and_the_permit_lives_with_the_
 #[tokio::test]
 async fn bad_requests_are_400_with_clear_messages() {
     let h = harness(|c| c).await;
-    let cases: Vec<(Request<Body>, &str)> = vec![
-        (
-            post_raw("/v1/chat/completions", "{\"model\": \"hybrid\", "),
-            "invalid JSON",
-        ),
+    // Well-formed JSON of the wrong shape: 422.
+    for (req, needle) in [
         (
             post(
                 "/v1/chat/completions",
@@ -327,6 +324,15 @@ async fn bad_requests_are_400_with_clear_messages() {
                 "/v1/chat/completions",
                 &json!({"model": "hybrid", "messages": "hi"}),
             ),
+            "invalid request body",
+        ),
+    ] {
+        let (s, _, body) = send_json(&h.app, req).await;
+        assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, needle);
+    }
+    let cases: Vec<(Request<Body>, &str)> = vec![
+        (
+            post_raw("/v1/chat/completions", "{\"model\": \"hybrid\", "),
             "invalid JSON",
         ),
         (
