@@ -315,6 +315,22 @@ fn validate(s: &ExpertState, req: GenerateRequest) -> std::result::Result<ValidR
     })
 }
 
+/// Raises a gauge while alive (requests admitted, sequences decoding).
+struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    fn new(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 enum Msg {
     Token(TokenEvent),
     Done(FinalRecord),
@@ -419,9 +435,11 @@ async fn generate_handler(
     let stream = req.stream;
     tokio::spawn(async move {
         let _queue_permit = queue_permit;
+        let _admitted = GaugeGuard::new("expert_admitted_requests");
         let Ok(_worker) = state.workers.clone().acquire_owned().await else {
             return;
         };
+        let _active = GaugeGuard::new("expert_active_sequences");
         let queue_ms = arrived.elapsed().as_secs_f64() * 1e3;
         let st = state.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,285 @@
+//! The real `expert serve` process on the forged pair: concurrent streams produce exactly
+//! the text of in-process generation, a client that disconnects frees its slot, malformed
+//! requests get clear 4xx JSON errors, and a full queue answers 503 with `Retry-After`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use experts::forge::{ForgeOptions, ForgeProfile, forge};
+use experts::generate::{SamplingParams, generate};
+use hybrid_tests::workspace_bin;
+
+/// The small forged pair, built once per test binary (cached under the target directory).
+fn models() -> PathBuf {
+    static MODELS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("forge-small");
+            forge(&ForgeOptions {
+                out: out.clone(),
+                profile: ForgeProfile::small(),
+                seed: 42,
+                force: false,
+                evaluate: false,
+            })
+            .unwrap();
+            out
+        })
+        .clone()
+}
+
+struct Expert {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Expert {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, models: &Path, max_queue: usize, workers: usize) -> Expert {
+    let config = dir.join(format!("experts-{max_queue}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "experts:\n  models:\n    foundation: {m}/foundation\n    sft-sop: {m}/sft-sop\n  max_queue: {max_queue}\n  workers: {workers}\n",
+            m = models.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(workspace_bin("expert"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("listening on");
+    Expert { child, url }
+}
+
+const PROMPTS: [&str; 4] = [
+    "How do I reset my password?",
+    "What is 35 + 48?",
+    "我想退货，怎么办？",
+    "My router keeps dropping the wifi connection.",
+];
+
+fn stream_text(body: &str) -> (String, serde_json::Value) {
+    let mut text = String::new();
+    let mut done = serde_json::Value::Null;
+    let mut event = "";
+    for line in body.lines() {
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = if e == "token" {
+                "token"
+            } else if e == "done" {
+                "done"
+            } else {
+                "other"
+            };
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            match event {
+                "token" => text.push_str(v["text"].as_str().unwrap()),
+                "done" => done = v,
+                _ => panic!("unexpected event: {line}"),
+            }
+        }
+    }
+    (text, done)
+}
+
+fn metric(client: &reqwest::blocking::Client, url: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn expert_process_serves_concurrent_streams_and_rejects_bad_requests() {
+    let models = models();
+    let dir = tempfile::tempdir().unwrap();
+    let expert = start(dir.path(), &models, 64, 4);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+
+    // What in-process generation says for each prompt (greedy is deterministic).
+    let model =
+        experts::loader::load_model(&models.join("sft-sop"), DType::F32, &Device::Cpu).unwrap();
+    let expected: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| {
+            let text = model
+                .chat_template
+                .as_ref()
+                .unwrap()
+                .render(&[experts::chat::ChatMessage::user(*p)], true)
+                .unwrap();
+            let ids = model.tokenizer.encode(&text).unwrap();
+            let params = SamplingParams {
+                max_tokens: 24,
+                ..SamplingParams::default()
+            };
+            generate(&model, &ids, &params, |_| true).unwrap().text
+        })
+        .collect();
+
+    // 16 concurrent streaming requests.
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let client = client.clone();
+            let url = expert.url.clone();
+            std::thread::spawn(move || {
+                let body = serde_json::json!({
+                    "mode": {"type": "single", "model": "sft-sop"},
+                    "messages": [{"role": "user", "content": PROMPTS[i % PROMPTS.len()]}],
+                    "sampling": {"max_tokens": 24},
+                    "stream": true,
+                });
+                let r = client
+                    .post(format!("{url}/v1/generate"))
+                    .json(&body)
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                (i, r.text().unwrap())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, body) = h.join().unwrap();
+        let (text, done) = stream_text(&body);
+        assert_eq!(text, expected[i % PROMPTS.len()], "stream {i}");
+        assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(done["cost"]["forwards_per_token"].as_f64(), Some(1.0));
+    }
+
+    // A client that disconnects mid-stream frees its slot.
+    let mut r = client
+        .post(format!("{}/v1/generate", expert.url))
+        .json(&serde_json::json!({
+            "mode": {"type": "ensemble", "models": ["foundation", "sft-sop"]},
+            "prompt": "The weather",
+            "sampling": {"max_tokens": 250, "temperature": 1.0, "seed": 3},
+            "stream": true,
+        }))
+        .send()
+        .unwrap();
+    let mut first = [0u8; 16];
+    r.read_exact(&mut first).unwrap();
+    assert!(metric(&client, &expert.url, "expert_active_sequences") >= 1.0);
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&client, &expert.url, "expert_active_sequences") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned sequence was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Malformed requests: 4xx with a JSON error naming the problem.
+    let cases = [
+        ("{bad json", "JSON"),
+        (
+            r#"{"mode": {"type": "magic", "models": []}, "prompt": "x"}"#,
+            "magic",
+        ),
+        (
+            r#"{"mode": {"type": "single", "model": "nope"}, "prompt": "x"}"#,
+            "nope",
+        ),
+        (
+            r#"{"mode": {"type": "single", "model": "sft-sop"}, "prompt": "x", "sampling": {"max_tokens": 0}}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"mode": {"type": "single", "model": "sft-sop"}, "prompt": ""}"#,
+            "empty",
+        ),
+        (
+            r#"{"mode": {"type": "single", "model": "sft-sop"}, "prompt": 42}"#,
+            "prompt",
+        ),
+        (
+            r#"{"mode": {"type": "btm_token", "models": ["foundation", "sft-sop"]}, "prompt": "x"}"#,
+            "router",
+        ),
+    ];
+    for (body, needle) in cases {
+        let r = client
+            .post(format!("{}/v1/generate", expert.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status();
+        let v: serde_json::Value = r.json().unwrap();
+        assert!(status.is_client_error(), "{body}: {status}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let models = models();
+    let dir = tempfile::tempdir().unwrap();
+    let expert = start(dir.path(), &models, 1, 1);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let long = serde_json::json!({
+        "mode": {"type": "single", "model": "foundation"},
+        "prompt": "The",
+        "sampling": {"max_tokens": 200, "temperature": 1.0, "seed": 1},
+        "stream": true,
+    });
+    let mut holder = client
+        .post(format!("{}/v1/generate", expert.url))
+        .json(&long)
+        .send()
+        .unwrap();
+    let mut first = [0u8; 8];
+    holder.read_exact(&mut first).unwrap();
+    let r = client
+        .post(format!("{}/v1/generate", expert.url))
+        .json(&long)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    drop(holder);
+}
