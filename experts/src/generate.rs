@@ -2,8 +2,6 @@
 //! greedy or sampled (temperature, top-k, top-p, repetition penalty, seed); ends at EOS,
 //! at a stop string or at `max_tokens`; streams text pieces as they complete.
 
-use std::time::Instant;
-
 use candle_core::{D, DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ExpertError, Result};
 use crate::loader::LoadedModel;
 use crate::model::Path;
-use crate::tokenizer::StreamDecoder;
 
 /// Sampling parameters of one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,94 +205,22 @@ impl StopFilter {
     }
 }
 
-/// Generates a continuation of `prompt_ids`. `on_text` receives each completed text piece
-/// and returns `false` to stop early.
+/// Generates a continuation of `prompt_ids` with one model. `on_text` receives each
+/// completed text piece and returns `false` to stop early. (This is the `single` fusion
+/// mode; see [`crate::fusion::generate_fused`].)
 pub fn generate(
     model: &LoadedModel,
     prompt_ids: &[u32],
     params: &SamplingParams,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    params.validate()?;
-    if prompt_ids.is_empty() {
-        return Err(ExpertError::InvalidRequest("the prompt is empty".into()));
-    }
-    let ctx = model.decoder.config().max_position_embeddings;
-    if prompt_ids.len() >= ctx {
-        return Err(ExpertError::InvalidRequest(format!(
-            "the prompt has {} tokens; the model's context is {ctx}",
-            prompt_ids.len()
-        )));
-    }
-    let max_new = params.max_tokens.min(ctx - prompt_ids.len());
-    let device = model.decoder.device();
-    let mut cache = model.decoder.new_cache();
-    let mut sampler = Sampler::new(params);
-    let mut history = prompt_ids.to_vec();
-    let mut tokens = Vec::new();
-    let mut stream = StreamDecoder::default();
-    let mut stop = StopFilter {
-        stops: params.stop.clone(),
-        ..StopFilter::default()
-    };
-    let mut text = String::new();
-    let mut finish = FinishReason::Length;
-
-    let started = Instant::now();
-    let input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
-    let mut logits = model
-        .decoder
-        .forward(&input, Some(&mut cache), true, false, Path::Fused)?
-        .logits;
-    let prefill_seconds = started.elapsed().as_secs_f64();
-    let decode_started = Instant::now();
-
-    for step in 0..max_new {
-        let last = logits.squeeze(0)?.squeeze(0)?;
-        let next = sampler.sample(&last, &history)?;
-        if model.eos_token_ids.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        tokens.push(next);
-        history.push(next);
-        if let Some(piece) = stream.push(&model.tokenizer, next)? {
-            let (safe, hit) = stop.push(&piece);
-            text.push_str(&safe);
-            let keep_going = safe.is_empty() || on_text(&safe);
-            if hit {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if !keep_going {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-        }
-        if step + 1 == max_new {
-            break;
-        }
-        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
-        logits = model
-            .decoder
-            .forward(&input, Some(&mut cache), true, false, Path::Fused)?
-            .logits;
-    }
-    if finish != FinishReason::Stop || params.stop.is_empty() {
-        let rest = stop.finish();
-        if !rest.is_empty() {
-            text.push_str(&rest);
-            on_text(&rest);
-        }
-    }
-    Ok(Generation {
-        text,
-        tokens,
-        prompt_tokens: prompt_ids.len(),
-        finish_reason: finish,
-        prefill_seconds,
-        decode_seconds: decode_started.elapsed().as_secs_f64(),
-    })
+    Ok(crate::fusion::generate_fused(
+        crate::fusion::Fusion::Single(model),
+        prompt_ids,
+        params,
+        |piece, _| on_text(piece),
+    )?
+    .generation)
 }
 
 /// Greedy decoding of a batch of equally long prompts as one `[batch, 1]` step per token

@@ -21,3 +21,31 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .unwrap_or_default();
     profile_dir.join(name)
 }
+
+/// The small forged model pair (`forge --profile small`, seed 42), built once per test
+/// binary and cached under the target directory (the forge skips complete models).
+pub fn forged_small() -> PathBuf {
+    static MODELS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            // target/<profile>/deps/<test> → target/tmp, where the other tests cache it too.
+            let out = workspace_bin("x")
+                .parent()
+                .and_then(|profile| profile.parent())
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+                .join("tmp")
+                .join("forge-small");
+            let forged = experts::forge::forge(&experts::forge::ForgeOptions {
+                out: out.clone(),
+                profile: experts::forge::ForgeProfile::small(),
+                seed: 42,
+                force: false,
+                evaluate: false,
+            });
+            if let Err(e) = forged {
+                panic!("forging the small pair failed: {e}");
+            }
+            out
+        })
+        .clone()
+}

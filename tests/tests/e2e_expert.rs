@@ -11,27 +11,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use experts::forge::{ForgeOptions, ForgeProfile, forge};
 use experts::generate::{SamplingParams, generate};
 use hybrid_tests::workspace_bin;
 
-/// The small forged pair, built once per test binary (cached under the target directory).
 fn models() -> PathBuf {
-    static MODELS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    MODELS
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("forge-small");
-            forge(&ForgeOptions {
-                out: out.clone(),
-                profile: ForgeProfile::small(),
-                seed: 42,
-                force: false,
-                evaluate: false,
-            })
-            .unwrap();
-            out
-        })
-        .clone()
+    hybrid_tests::forged_small()
 }
 
 struct Expert {

@@ -11,21 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use experts::forge::{ForgeOptions, ForgeProfile, forge};
 use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
 use hybrid_tests::{workspace_bin, workspace_root};
 
 /// The small forged pair and its routers, cached under the target directory.
 fn models() -> PathBuf {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("forge-small");
-    forge(&ForgeOptions {
-        out: out.clone(),
-        profile: ForgeProfile::small(),
-        seed: 42,
-        force: false,
-        evaluate: false,
-    })
-    .unwrap();
+    let out = hybrid_tests::forged_small();
     let routers = out.join("routers");
     if !routers.join("btm_layer/mixer.safetensors").exists() {
         let load = |n: &str| {
