@@ -225,6 +225,75 @@ fn gateway_routes_to_real_expert_processes() {
     let e: serde_json::Value = r.json().unwrap();
     assert!(e["error"]["message"].as_str().is_some(), "{e}");
 
+    // kill -9 of the expert process mid-stream: the stream ends (with an error event when
+    // the kill landed before the end), the gateway stays up, restarts the expert, and the
+    // next request succeeds.
+    let expert_pid = || -> Option<String> {
+        let out = Command::new("ps")
+            .args(["--ppid", &gw.child.id().to_string(), "-o", "pid="])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(String::from)
+    };
+    let before = expert_pid().expect("the gateway's expert process");
+    let mut stream = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&serde_json::json!({
+            "model": "sft-sop",
+            "messages": [{"role": "user", "content": "Tell me a long story"}],
+            "max_tokens": 64,
+            "temperature": 1.0,
+            "seed": 9,
+            "stream": true,
+        }))
+        .send()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut stream, &mut first).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &before])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut rest = String::new();
+    let read = std::io::Read::read_to_string(&mut stream, &mut rest);
+    assert!(
+        rest.contains("[DONE]") || rest.contains("error"),
+        "the stream neither finished nor reported an error: {rest:?} ({read:?})"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let after = expert_pid();
+        let ready = client
+            .get(format!("{}/ready", gw.url))
+            .send()
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ready && after.as_deref().is_some_and(|p| p != before) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expert was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _, body) = chat(
+        &client,
+        &gw.url,
+        serde_json::json!({
+            "model": "hybrid",
+            "messages": [{"role": "user", "content": "How do I get a refund?"}],
+            "max_tokens": 8,
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+
     // SIGTERM: the gateway drains and exits, and stops its expert process.
     let pid = gw.child.id();
     let status = Command::new("kill")
