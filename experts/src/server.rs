@@ -452,6 +452,9 @@ async fn generate_handler(
         };
         let msg = match result {
             Ok(g) => {
+                if g.generation.finish_reason == FinishReason::Cancelled {
+                    metrics::counter!("expert_cancelled_total").increment(1);
+                }
                 metrics::counter!("expert_generated_tokens_total", "mode" => mode)
                     .increment(g.generation.tokens.len() as u64);
                 metrics::histogram!("expert_request_seconds", "mode" => mode)
