@@ -251,9 +251,14 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Overwrites every variable with seeded values: norms 1, biases 0, weights N(0, 0.02)
-/// (output projections scaled down by depth, as GPT-2 does).
-fn init_weights(varmap: &VarMap, seed: u64, layers: usize) -> Result<()> {
+/// Overwrites every variable of `varmap` with values from `init(name, element count, rng)`,
+/// visiting the variables in name order with one seeded ChaCha stream, so the result
+/// depends only on the seed.
+pub(crate) fn set_vars_seeded(
+    varmap: &VarMap,
+    seed: u64,
+    mut init: impl FnMut(&str, &candle_core::Var, &mut ChaCha8Rng) -> Vec<f32>,
+) -> Result<()> {
     let data = varmap
         .data()
         .lock()
@@ -263,20 +268,31 @@ fn init_weights(varmap: &VarMap, seed: u64, layers: usize) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for name in names {
         let var = &data[name];
-        let shape = var.shape().clone();
-        let n = shape.elem_count();
-        let values = if name.ends_with("norm.weight") {
+        let values = init(name, var, &mut rng);
+        var.set(&Tensor::from_vec(
+            values,
+            var.shape().clone(),
+            var.device(),
+        )?)?;
+    }
+    Ok(())
+}
+
+/// Seeded initialisation of the decoder: norms 1, biases 0, weights N(0, 0.02)
+/// (output projections scaled down by depth, as GPT-2 does).
+fn init_weights(varmap: &VarMap, seed: u64, layers: usize) -> Result<()> {
+    set_vars_seeded(varmap, seed, |name, var, rng| {
+        let n = var.elem_count();
+        if name.ends_with("norm.weight") {
             vec![1.0; n]
         } else if name.ends_with(".bias") {
             vec![0.0; n]
         } else if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
-            normal(&mut rng, n, 0.02 / (2.0 * layers as f32).sqrt())
+            normal(rng, n, 0.02 / (2.0 * layers as f32).sqrt())
         } else {
-            normal(&mut rng, n, 0.02)
-        };
-        var.set(&Tensor::from_vec(values, shape, var.device())?)?;
-    }
-    Ok(())
+            normal(rng, n, 0.02)
+        }
+    })
 }
 
 /// Trains `decoder` (whose variables are in `varmap`) on `stream` for `steps` steps.
@@ -394,7 +410,7 @@ fn tokenize_stream(tok: &tokenizers::Tokenizer, docs: &[String], eot: u32) -> Re
     Ok(out)
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let bytes =
         serde_json::to_vec_pretty(value).map_err(|e| ExpertError::Training(e.to_string()))?;
     std::fs::write(path, bytes).map_err(|e| ExpertError::io(path, e))

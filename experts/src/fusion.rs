@@ -441,6 +441,22 @@ fn mix_probs(outs: &[(Tensor, Tensor)], w: &[f32]) -> Result<Tensor> {
     Ok(acc)
 }
 
+/// The shortest context of `models`, or an error when a prompt of `prompt_len` tokens
+/// leaves no room to generate in it.
+pub fn check_prompt_fits(models: &[&LoadedModel], prompt_len: usize) -> Result<usize> {
+    let ctx = models
+        .iter()
+        .map(|m| m.decoder.config().max_position_embeddings)
+        .min()
+        .unwrap_or(0);
+    if prompt_len >= ctx {
+        return Err(ExpertError::InvalidRequest(format!(
+            "the prompt has {prompt_len} tokens; the model's context is {ctx}"
+        )));
+    }
+    Ok(ctx)
+}
+
 /// A fused generation: the text plus per-token mixing weights.
 #[derive(Debug, Clone)]
 pub struct FusedGeneration {
@@ -467,17 +483,7 @@ pub fn generate_fused(
         .first()
         .copied()
         .ok_or_else(|| ExpertError::InvalidRequest("no models".into()))?;
-    let ctx = models
-        .iter()
-        .map(|m| m.decoder.config().max_position_embeddings)
-        .min()
-        .unwrap_or(0);
-    if prompt_ids.len() >= ctx {
-        return Err(ExpertError::InvalidRequest(format!(
-            "the prompt has {} tokens; the model's context is {ctx}",
-            prompt_ids.len()
-        )));
-    }
+    let ctx = check_prompt_fits(&models, prompt_ids.len())?;
     let eos: Vec<u32> = models
         .iter()
         .flat_map(|m| m.eos_token_ids.iter().copied())

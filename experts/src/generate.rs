@@ -43,6 +43,21 @@ impl Default for SamplingParams {
     }
 }
 
+impl From<&protocol::Sampling> for SamplingParams {
+    fn from(s: &protocol::Sampling) -> Self {
+        Self {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+            max_tokens: s.max_tokens,
+            stop: s.stop.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 /// The largest `max_tokens` a request may ask for.
 pub const MAX_TOKENS_LIMIT: usize = 32_768;
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ChatTemplate;
 use crate::corpus;
 use crate::error::{ExpertError, Result};
-use crate::forge::{CHAT_TEMPLATE, chat_document};
+use crate::forge::{CHAT_TEMPLATE, chat_document, set_vars_seeded, write_json};
 use crate::fusion::{RouterConfig, new_router_vars};
 use crate::loader::LoadedModel;
 use crate::model::Path as NumPath;
@@ -332,34 +332,16 @@ pub fn train_layer_mixer(
     Ok(record)
 }
 
+/// Seeded uniform(±1/√fan_in) weights and zero biases for the router.
 fn seed_vars(varmap: &VarMap, seed: u64) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| ExpertError::Training("variable map lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for name in names {
-        let var = &data[name];
+    set_vars_seeded(varmap, seed, |name, var, rng| {
         let n = var.elem_count();
-        let fan_in = var.dims().last().copied().unwrap_or(1) as f32;
-        let bound = 1.0 / fan_in.sqrt();
-        let values: Vec<f32> = if name.ends_with("bias") {
+        if name.ends_with("bias") {
             vec![0.0; n]
         } else {
+            let fan_in = var.dims().last().copied().unwrap_or(1) as f32;
+            let bound = 1.0 / fan_in.sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-        };
-        var.set(&Tensor::from_vec(
-            values,
-            var.shape().clone(),
-            var.device(),
-        )?)?;
-    }
-    Ok(())
-}
-
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| ExpertError::Training(e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| ExpertError::io(path, e))
+        }
+    })
 }

@@ -33,7 +33,9 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::chat::ChatMessage;
 use crate::error::{ExpertError, Result};
-use crate::fusion::{FusedGeneration, Fusion, LayerMixer, TokenRouter, generate_fused};
+use crate::fusion::{
+    FusedGeneration, Fusion, LayerMixer, TokenRouter, check_prompt_fits, generate_fused,
+};
 use crate::generate::{FinishReason, SamplingParams};
 use crate::loader::{LoadedModel, load_model};
 use crate::serve_config::ServeConfig;
@@ -283,29 +285,10 @@ fn validate(s: &ExpertState, req: GenerateRequest) -> std::result::Result<ValidR
         }
     };
     let prompt_ids = first.tokenizer.encode(&text)?;
-    let sp = &req.sampling;
-    let params = SamplingParams {
-        temperature: sp.temperature,
-        top_k: sp.top_k,
-        top_p: sp.top_p,
-        repetition_penalty: sp.repetition_penalty,
-        seed: sp.seed,
-        max_tokens: sp.max_tokens,
-        stop: sp.stop.clone(),
-        ..SamplingParams::default()
-    };
+    let params = SamplingParams::from(&req.sampling);
     params.validate()?;
-    let ctx = models
-        .iter()
-        .map(|m| m.decoder.config().max_position_embeddings)
-        .min()
-        .unwrap_or(0);
-    if prompt_ids.len() >= ctx {
-        return Err(ApiError::bad_request(format!(
-            "the prompt has {} tokens; the context is {ctx}",
-            prompt_ids.len()
-        )));
-    }
+    let models: Vec<&LoadedModel> = models.iter().map(|m| m.as_ref()).collect();
+    check_prompt_fits(&models, prompt_ids.len())?;
     Ok(ValidRequest {
         mode: req.mode,
         prompt_ids,
