@@ -168,7 +168,7 @@ function render() {
   $('route').textContent = route.text;
   $('route').dataset.decision = route.decision;
   $('class-time').textContent = `${latest.micros.toFixed(1)} µs`;
-  window.hybrid.last = { ...c, micros: latest.micros, route: route.decision };
+  window.hybrid.last = { ...c, text: latest.text, micros: latest.micros, route: route.decision };
 }
 
 // ---- sending -------------------------------------------------------------------------
