@@ -100,6 +100,7 @@ function timed(text) {
 }
 
 function bench(queries, n) {
+  for (let i = 0; i < 200; i += 1) classifier.classify(queries[i % queries.length]); // warm-up
   const times = new Float64Array(n);
   for (let i = 0; i < n; i += 1) {
     const q = queries[i % queries.length];
