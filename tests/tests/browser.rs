@@ -71,7 +71,8 @@ fn require_tools() {
         "node is required (apt-get install nodejs; scripts/setup.sh checks it)"
     );
     assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
         "tests/browser/node_modules/playwright-core is missing: run `npm ci --prefix tests/browser` (scripts/setup.sh does it)"
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -105,7 +106,7 @@ fn web_dir(dir: &Path) -> PathBuf {
     let (t, v) = data.split_at(data.len() * 85 / 100);
     let cats = vec!["reasoning".to_string(), "sop".to_string()];
     let (learned, _) = train(t, v, &cats, &TrainOptions::default(), |_, _| {}).unwrap();
-    learned.save(&web.join("checkpoint")).unwrap();
+    learned.save(web.join("checkpoint")).unwrap();
     web
 }
 
@@ -205,7 +206,11 @@ fn read_json_line(out: &mut BufReader<ChildStdout>) -> Value {
     assert!(n > 0, "the browser driver ended without a report");
     let v: Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("the browser driver printed non-JSON ({e}): {line}"));
-    assert_ne!(v["phase"], "failed", "browser driver failed: {}", v["error"]);
+    assert_ne!(
+        v["phase"], "failed",
+        "browser driver failed: {}",
+        v["error"]
+    );
     v
 }
 
@@ -256,9 +261,16 @@ fn page_classifies_streams_and_works_offline() {
     // Classification as the user types, with both classifier kinds.
     for kind in ["rules", "learned"] {
         let k = &online[kind];
-        let prefix = if kind == "rules" { "rules-" } else { "learned-" };
+        let prefix = if kind == "rules" {
+            "rules-"
+        } else {
+            "learned-"
+        };
         assert!(k["version"].as_str().unwrap().starts_with(prefix), "{k}");
-        assert_eq!(k["reasoning"]["shown"]["category"], "reasoning", "{kind}: {k}");
+        assert_eq!(
+            k["reasoning"]["shown"]["category"], "reasoning",
+            "{kind}: {k}"
+        );
         assert_eq!(k["sop"]["shown"]["category"], "sop", "{kind}: {k}");
         for q in ["reasoning", "sop"] {
             let c = confidence(&k[q]);
@@ -303,7 +315,10 @@ fn page_classifies_streams_and_works_offline() {
     }
     let single = &online["single_answer"]["routing"];
     assert_eq!(single["experts"], "sft-sop");
-    assert!(single["cost"].as_str().unwrap().starts_with("1×"), "{single}");
+    assert!(
+        single["cost"].as_str().unwrap().starts_with("1×"),
+        "{single}"
+    );
     if predicted == "fusion" {
         let fused = &online["fusion_answer"];
         assert_eq!(fused["routing"]["mode"], "btm_token");
@@ -374,7 +389,10 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> (Value, 
         .map(|v| v.to_str().unwrap().to_string());
     let text = r.text().unwrap();
     assert!(status.is_success(), "{status}: {text}");
-    (serde_json::from_str(&text).unwrap_or(Value::String(text)), edge)
+    (
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        edge,
+    )
 }
 
 fn start_edge(gateway: &str, secret: &str) -> Server {
@@ -423,8 +441,10 @@ fn edge_worker_signs_hints_the_gateway_accepts() {
     // Streaming through the edge.
     let text = client
         .post(format!("{}/v1/chat/completions", edge.url))
-        .json(&json!({"model": "hybrid", "max_tokens": 8, "temperature": 0, "stream": true,
-                      "messages": [{"role": "user", "content": REASONING}]}))
+        .json(
+            &json!({"model": "hybrid", "max_tokens": 8, "temperature": 0, "stream": true,
+                      "messages": [{"role": "user", "content": REASONING}]}),
+        )
         .send()
         .unwrap()
         .text()
@@ -461,7 +481,10 @@ fn edge_worker_signs_hints_the_gateway_accepts() {
         .0
     };
     let accepted = ask(&hint);
-    assert_eq!(accepted["routing"]["hint_source"], "signed_edge", "{accepted}");
+    assert_eq!(
+        accepted["routing"]["hint_source"], "signed_edge",
+        "{accepted}"
+    );
     assert_eq!(accepted["routing"]["decision"], "fusion", "{accepted}");
 
     let mut tampered = sign("0.97");
