@@ -72,6 +72,7 @@ function onWorkerMessage(m) {
     $('status').dataset.state = 'ready';
     $('settings-note').textContent = '';
     if (metrics.loadMs === null) {
+      metrics.readyMs = performance.now();
       metrics.loadMs = m.loadMs;
       metrics.bytes = m.bytes;
     }
@@ -207,6 +208,7 @@ async function send() {
     model: 'hybrid',
     messages: [{ role: 'user', content: text }],
     max_tokens: Number($('max-tokens').value) || 48,
+    temperature: Number($('temperature').value),
     stream: true,
   };
   const c = await classifyNow();

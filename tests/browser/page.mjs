@@ -131,6 +131,7 @@ try {
   await page.goto(url);
   await waitReady(page);
   await page.fill('#max-tokens', '16');
+  await page.fill('#temperature', '0'); // greedy: the same answer every run
   online.rules = {
     version: await page.textContent('#version'),
     reasoning: await typeAndClassify(page, REASONING),
