@@ -365,11 +365,13 @@ fn seed_vars(varmap: &VarMap, seed: u64) -> Result<()> {
 /// (`reasoning`, `sop`, and `mixed` = both), teacher-forced, for each expert alone, their
 /// equal-weight ensemble, the token router's mixture and the layer-mixed model: the
 /// mixture likelihood the routers are trained for, measured on text no training saw.
+/// `others` (e.g. a distilled model) are scored alone beside them.
 pub fn heldout_nll(
     models: &[&LoadedModel],
     names: &[String],
     router: &TokenRouter,
     mixer: &LayerMixer,
+    others: &[(&str, &LoadedModel)],
     seed: u64,
     n_docs: usize,
 ) -> Result<serde_json::Value> {
@@ -383,8 +385,9 @@ pub fn heldout_nll(
         ("reasoning", corpus::reasoning_eval(seed, n_docs)),
         ("sop", corpus::sop_eval(seed, n_docs)),
     ] {
-        // Sums of -log p over target tokens: experts…, ensemble, btm_token, btm_layer.
-        let mut sums = vec![0f64; e + 3];
+        // Sums of -log p over target tokens: experts…, ensemble, btm_token, btm_layer,
+        // others….
+        let mut sums = vec![0f64; e + 3 + others.len()];
         let mut n = 0usize;
         for ex in &set {
             let ids = models[0].tokenizer.encode(&chat_document(&template, ex)?)?;
@@ -426,6 +429,16 @@ pub fn heldout_nll(
             let lp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?
                 .gather(&y.squeeze(0)?.unsqueeze(1)?, 1)?;
             sums[e + 2] -= f64::from(lp.sum_all()?.to_scalar::<f32>()?);
+            for (k, (_, m)) in others.iter().enumerate() {
+                let logits = m
+                    .decoder
+                    .forward(&x, None, false, false, NumPath::Fused)?
+                    .logits
+                    .squeeze(0)?;
+                let lp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?
+                    .gather(&y.squeeze(0)?.unsqueeze(1)?, 1)?;
+                sums[e + 3 + k] -= f64::from(lp.sum_all()?.to_scalar::<f32>()?);
+            }
             n += t;
         }
         if mixed.is_empty() {
@@ -435,18 +448,24 @@ pub fn heldout_nll(
             *m += s;
         }
         mixed_n += n;
-        table.insert(domain.into(), nll_row(names, &sums, n));
+        table.insert(domain.into(), nll_row(names, others, &sums, n));
     }
-    table.insert("mixed".into(), nll_row(names, &mixed, mixed_n));
+    table.insert("mixed".into(), nll_row(names, others, &mixed, mixed_n));
     Ok(serde_json::Value::Object(table))
 }
 
-fn nll_row(names: &[String], sums: &[f64], n: usize) -> serde_json::Value {
+fn nll_row(
+    names: &[String],
+    others: &[(&str, &LoadedModel)],
+    sums: &[f64],
+    n: usize,
+) -> serde_json::Value {
     let mut row = serde_json::Map::new();
     let keys = names
         .iter()
         .map(String::as_str)
-        .chain(["ensemble", "btm_token", "btm_layer"]);
+        .chain(["ensemble", "btm_token", "btm_layer"])
+        .chain(others.iter().map(|(k, _)| *k));
     for (k, s) in keys.zip(sums) {
         row.insert(k.into(), serde_json::json!(s / n.max(1) as f64));
     }

@@ -652,7 +652,8 @@ mod routers {
         // On held-out mixed text the trained token router's mixture is more likely than
         // either expert alone.
         let heldout =
-            experts::router_train::heldout_nll(&models, &names, &router, &mixer, 777, 8).unwrap();
+            experts::router_train::heldout_nll(&models, &names, &router, &mixer, &[], 777, 8)
+                .unwrap();
         let mixed = &heldout["mixed"];
         let tok = mixed["btm_token"].as_f64().unwrap();
         for single in &names {
@@ -696,6 +697,36 @@ mod routers {
             |_, _| true,
         )
         .unwrap();
+
+        // Distillation of btm_token into one model: the KL falls, the student is an HF
+        // directory `load_model` reads, and the same seed gives the same student.
+        let dopts = experts::distill::DistillOptions {
+            steps: 12,
+            n_prompts: 8,
+            max_answer_tokens: 24,
+            batch_size: 4,
+            seq_len: 32,
+            ..experts::distill::DistillOptions::default()
+        };
+        let d1 = experts::distill::distill(&models, &router, &dopts, &dir.path().join("d1"), false)
+            .unwrap();
+        assert!(
+            d1.losses.last().unwrap() < d1.losses.first().unwrap(),
+            "{:?}",
+            d1.losses
+        );
+        let student = load_model(&dir.path().join("d1"), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            student.decoder.config().hidden_size,
+            a.decoder.config().hidden_size
+        );
+        let d2 = experts::distill::distill(&models, &router, &dopts, &dir.path().join("d2"), false)
+            .unwrap();
+        assert_eq!(d1.losses, d2.losses, "same seed, same student");
+        assert_eq!(
+            std::fs::read(dir.path().join("d1/model.safetensors")).unwrap(),
+            std::fs::read(dir.path().join("d2/model.safetensors")).unwrap()
+        );
 
         std::fs::write(dir.path().join("t/router.safetensors"), b"junk").unwrap();
         let e = TokenRouter::load(&dir.path().join("t"), &Device::Cpu)

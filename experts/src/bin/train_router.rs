@@ -84,7 +84,7 @@ fn run(args: &Args) -> Result<()> {
     // Mixture likelihood on held-out text (another seed's eval documents).
     let router = TokenRouter::load(&args.out.join("btm_token"), &Device::Cpu)?;
     let mixer = LayerMixer::load(&args.out.join("btm_layer"), &Device::Cpu)?;
-    let heldout = heldout_nll(&models, &names, &router, &mixer, args.seed + 99, 40)?;
+    let heldout = heldout_nll(&models, &names, &router, &mixer, &[], args.seed + 99, 40)?;
     println!("\nheld-out NLL per token (lower is better):");
     println!(
         "| domain | {} | ensemble | btm_token | btm_layer |",
