@@ -28,4 +28,4 @@ pub mod telemetry;
 pub use api::{AppState, router};
 pub use backend::{EventStream, ExpertBackend, ExpertEvent, HttpExpert};
 pub use config::GatewayConfig;
-pub use error::{GatewayError, Result};
+pub use error::{GatewayError, LimitScope, Result};
