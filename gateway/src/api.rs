@@ -36,7 +36,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{GatewayError, LimitScope, Result};
 use crate::feedback::{FeedbackStore, RECENT_RESPONSES, RecentResponses, ResponseRecord};
 use crate::hint::{self, RouteHint};
-use crate::hybrid_router::{DynamicThresholdPolicy, Route, RoutingPolicy, ThresholdPolicy};
+use crate::hybrid_router::RoutingPolicy;
 use crate::telemetry::{self, InFlight};
 
 /// The model name that asks for hybrid routing.
@@ -80,19 +80,7 @@ impl AppState {
         feedback: Arc<FeedbackStore>,
         backends: Vec<Arc<dyn ExpertBackend>>,
     ) -> Self {
-        let routing = &config.hybrid.routing;
-        let policy: Arc<dyn RoutingPolicy> = match config.gateway.target_cost {
-            Some(target) => {
-                let mut p = DynamicThresholdPolicy::new(
-                    routing.confidence_threshold,
-                    target,
-                    config.gateway.fusion.models().len(),
-                );
-                p.enable_btm_fallback = routing.enable_btm_fallback;
-                Arc::new(p)
-            }
-            None => Arc::new(ThresholdPolicy::from(routing)),
-        };
+        let policy = crate::hybrid_router::policy_from_config(&config);
         let key_digests = config
             .gateway
             .api_keys
@@ -649,7 +637,6 @@ impl AppState {
     /// Classifies (or takes the hint) and decides the route.
     pub fn route(&self, chat: &ValidChat) -> Result<Routed> {
         let (c, hint_source) = self.resolve_classification(chat)?;
-        let g = &self.config.gateway;
         let (decision, mode) = match &chat.choice {
             ModelChoice::Pinned(model) => (
                 "pinned",
@@ -657,26 +644,9 @@ impl AppState {
                     model: model.clone(),
                 },
             ),
-            ModelChoice::Hybrid => match self.policy.decide_routing(&c) {
-                Route::Single { category } => {
-                    let model = self.config.category_model(category).ok_or_else(|| {
-                        GatewayError::Internal(format!("category {category} has no expert"))
-                    })?;
-                    (
-                        "single",
-                        FusionMode::Single {
-                            model: model.to_string(),
-                        },
-                    )
-                }
-                Route::Fusion => ("fusion", g.fusion.clone()),
-                Route::Foundation => (
-                    "foundation",
-                    FusionMode::Single {
-                        model: g.foundation_model.clone(),
-                    },
-                ),
-            },
+            ModelChoice::Hybrid => {
+                crate::hybrid_router::route_mode(&self.config, self.policy.decide_routing(&c))?
+            }
         };
         let experts: Vec<String> = mode.models().iter().map(|m| m.to_string()).collect();
         let cost = if matches!(mode, FusionMode::Single { .. }) {

@@ -21,6 +21,7 @@ pub mod error;
 pub mod feedback;
 pub mod hint;
 pub mod hybrid_router;
+pub mod inference;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;

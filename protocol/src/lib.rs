@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod quality;
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
