@@ -49,3 +49,95 @@ pub fn forged_small() -> PathBuf {
         })
         .clone()
 }
+
+/// [`forged_small`] plus its BTM token router and layer mixer (`routers/btm_token`,
+/// `routers/btm_layer`), trained briefly once and cached next to the models.
+pub fn forged_small_with_routers() -> PathBuf {
+    use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
+    static MODELS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let out = forged_small();
+            let routers = out.join("routers");
+            if !routers.join("btm_layer/mixer.safetensors").exists() {
+                let load = |n: &str| {
+                    experts::loader::load_model(
+                        &out.join(n),
+                        candle_core::DType::F32,
+                        &candle_core::Device::Cpu,
+                    )
+                    .unwrap_or_else(|e| panic!("loading the forged {n}: {e}"))
+                };
+                let (a, b) = (load("foundation"), load("sft-sop"));
+                let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+                let opts = RouterTrainOptions {
+                    steps: 40,
+                    layer_steps: 4,
+                    n_docs: 400,
+                    ..RouterTrainOptions::default()
+                };
+                if let Err(e) =
+                    train_token_router(&[&a, &b], &names, &opts, &routers.join("btm_token"))
+                {
+                    panic!("training the token router failed: {e}");
+                }
+                if let Err(e) =
+                    train_layer_mixer(&[&a, &b], &names, &opts, &routers.join("btm_layer"))
+                {
+                    panic!("training the layer mixer failed: {e}");
+                }
+            }
+            out
+        })
+        .clone()
+}
+
+/// A config over the forged small pair and its routers, written into `dir`: the shipped
+/// config's `hybrid` section (rule-based classifier) and one local expert process run by
+/// the workspace's `expert` binary. `extra_gateway` lines are appended to `gateway:`.
+pub fn write_forged_config(
+    dir: &std::path::Path,
+    models: &std::path::Path,
+    extra_gateway: &str,
+) -> PathBuf {
+    let root = workspace_root();
+    let shipped = std::fs::read_to_string(root.join("configs/config.yaml"))
+        .unwrap_or_else(|e| panic!("reading configs/config.yaml: {e}"));
+    let hybrid: String = shipped
+        .lines()
+        .take_while(|l| !l.starts_with("experts:"))
+        .map(|l| {
+            l.replace(
+                "configs/rules.json",
+                &root.join("configs/rules.json").display().to_string(),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = format!(
+        "{hybrid}
+experts:
+  models:
+    foundation: {m}/foundation
+    sft-sop: {m}/sft-sop
+  routers: {{default: {m}/routers/btm_token}}
+  mixers: {{default: {m}/routers/btm_layer}}
+  workers: 2
+gateway:
+  listen: 127.0.0.1:0
+  expert_processes: 1
+  expert_binary: {bin}
+  category_experts: {{reasoning: foundation, sop: sft-sop}}
+  foundation_model: foundation
+  fusion: {{type: btm_token, models: [foundation, sft-sop]}}
+  feedback_db: {db}
+  bootstrap: off
+{extra_gateway}",
+        m = models.display(),
+        bin = workspace_bin("expert").display(),
+        db = dir.join("feedback.sqlite").display(),
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}

@@ -5,9 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use gateway::inference::{InferenceOptions, Session, read_eval_file};
+use gateway::inference::{EvalItem, InferenceOptions, STRATEGIES, Session, read_eval_file};
 
 /// Hybrid inference: classify a query, route it to one expert (confident) or a BTM fusion
 /// of experts (uncertain), and generate; or evaluate every strategy on an eval file.
@@ -73,7 +73,8 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Gateway errors already name their file and cause.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -83,11 +84,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.prompt.is_none() && args.eval_file.is_none() {
         bail!("nothing to do: give --prompt TEXT or --eval_file FILE");
     }
-    // A missing eval file fails before any process starts.
-    if let Some(path) = &args.eval_file
-        && !path.is_file()
+    // A bad config or eval file fails before any process starts.
+    let config = gateway::GatewayConfig::load(&args.config)?;
+    let items = match &args.eval_file {
+        Some(path) if !path.is_file() => bail!("the eval file {} does not exist", path.display()),
+        Some(path) => read_eval_file(path, &config.hybrid.categories)?,
+        None => Vec::new(),
+    };
+    if let Some(bad) = args
+        .strategies
+        .iter()
+        .find(|s| !STRATEGIES.contains(&s.as_str()))
     {
-        bail!("the eval file {} does not exist", path.display());
+        bail!("unknown strategy {bad:?} in --strategies; expected some of {STRATEGIES:?}");
     }
     let options = InferenceOptions {
         config: args.config.clone(),
@@ -108,7 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let session = Session::start(options).await?;
         let result = tokio::select! {
-            r = work(&session, &args) => r,
+            r = work(&session, &args, &items) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
         session.shutdown().await;
@@ -116,7 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-async fn work(session: &Session, args: &Args) -> anyhow::Result<()> {
+async fn work(session: &Session, args: &Args, items: &[EvalItem]) -> anyhow::Result<()> {
     if let Some(prompt) = &args.prompt {
         let stream = !args.json;
         let answer = session
@@ -151,16 +160,10 @@ async fn work(session: &Session, args: &Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let Some(path) = &args.eval_file else {
-        return Ok(());
-    };
-    let items = read_eval_file(path, &session.config.hybrid.categories)?;
-    let report = session.evaluate_all(&items, &args.strategies).await?;
+    let report = session.evaluate_all(items, &args.strategies).await?;
     println!("{}", report.table());
     if let Some(dir) = &args.out {
-        report
-            .write(dir)
-            .with_context(|| format!("writing the results into {}", dir.display()))?;
+        report.write(dir)?;
         eprintln!("wrote {}/table.md and results.json", dir.display());
     }
     if args.json {
