@@ -16,3 +16,13 @@ if [ "$have" != "$want" ]; then
 fi
 
 command -v node >/dev/null || { echo "node is required (wasm tests run under node)" >&2; exit 1; }
+
+# >>> gateway: python clients (openai compatibility test) >>>
+# The official `openai` client, pinned, in target/pyenv (tests/tests/e2e_openai_client.rs).
+OPENAI_VERSION=3.51.0
+if ! target/pyenv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+    echo "installing the openai python client $OPENAI_VERSION into target/pyenv" >&2
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet "openai==$OPENAI_VERSION"
+fi
+# <<< gateway <<<

@@ -141,3 +141,52 @@ gateway:
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
+
+/// A running `gateway` binary, killed when dropped.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, as the gateway announced it.
+    pub url: String,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway on a free loopback port and waits for its `listening on` line
+    /// (its experts are healthy by then); its stderr is echoed with a `[gateway]` prefix.
+    pub fn start(config: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(workspace_bin("gateway"))
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the gateway binary (cargo build --bins): {e}"));
+        let stderr = child.stderr.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[gateway] {line}");
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(url) => Self { child, url },
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway did not print `listening on` ({e})");
+            }
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
