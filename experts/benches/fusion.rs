@@ -62,14 +62,14 @@ fn main() {
         (
             "ensemble",
             Fusion::Ensemble {
-                models: &models,
-                weights: &[0.5, 0.5],
+                models: models.to_vec(),
+                weights: vec![0.5, 0.5],
             },
         ),
         (
             "btm_token",
             Fusion::BtmToken {
-                models: &models,
+                models: models.to_vec(),
                 router: &router,
                 hard: false,
             },
@@ -77,7 +77,7 @@ fn main() {
         (
             "btm_layer",
             Fusion::BtmLayer {
-                models: &models,
+                models: models.to_vec(),
                 mixer: &mixer,
             },
         ),
@@ -98,7 +98,7 @@ fn main() {
             let t0 = Instant::now();
             let mut n = 0;
             for ids in &prompts {
-                n += generate_fused(*fusion, ids, &params, |_, _| true)
+                n += generate_fused(fusion.clone(), ids, &params, |_, _| true)
                     .unwrap()
                     .generation
                     .tokens

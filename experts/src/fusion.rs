@@ -160,31 +160,32 @@ impl LayerMixer {
 }
 
 /// A fusion mode bound to loaded models.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Fusion<'a> {
     Single(&'a LoadedModel),
     Ensemble {
-        models: &'a [&'a LoadedModel],
-        weights: &'a [f32],
+        models: Vec<&'a LoadedModel>,
+        weights: Vec<f32>,
     },
     BtmToken {
-        models: &'a [&'a LoadedModel],
+        models: Vec<&'a LoadedModel>,
         router: &'a TokenRouter,
         hard: bool,
     },
     BtmLayer {
-        models: &'a [&'a LoadedModel],
+        models: Vec<&'a LoadedModel>,
         mixer: &'a LayerMixer,
     },
 }
 
 impl<'a> Fusion<'a> {
-    pub fn models(&self) -> Vec<&'a LoadedModel> {
-        match *self {
-            Self::Single(m) => vec![m],
+    /// The experts this mode runs, in order.
+    pub fn models(&self) -> &[&'a LoadedModel] {
+        match self {
+            Self::Single(m) => std::slice::from_ref(m),
             Self::Ensemble { models, .. }
             | Self::BtmToken { models, .. }
-            | Self::BtmLayer { models, .. } => models.to_vec(),
+            | Self::BtmLayer { models, .. } => models,
         }
     }
 
@@ -193,7 +194,8 @@ impl<'a> Fusion<'a> {
         self.models().len() as f32
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the experts fit together and fit the mode's router or coefficients.
+    pub fn validate(&self) -> Result<()> {
         let models = self.models();
         let bad = |m: String| Err(ExpertError::InvalidRequest(m));
         if models.is_empty() {
@@ -206,7 +208,7 @@ impl<'a> Fusion<'a> {
         {
             return bad("fused experts must share a vocabulary".into());
         }
-        match *self {
+        match self {
             Self::Ensemble { models, weights } => {
                 if weights.len() != models.len()
                     || weights.iter().any(|w| !w.is_finite() || *w < 0.0)
@@ -264,14 +266,41 @@ pub struct StepOutput {
     pub weights: Vec<f32>,
 }
 
-/// Runs the experts for one step on `ids` (`[1, t]`), each with its cache, returning for
-/// the last position each expert's probabilities `[vocab]` and normed hidden state `[1, hidden]`.
+/// What one expert gives a sequence at one step: probabilities `[vocab]` of the next token
+/// and the final normed hidden state `[1, hidden]`.
+type ExpertOut = (Tensor, Tensor);
+
+/// Runs `jobs` on scoped threads (one per job; inline when there is one) and collects
+/// their results in order.
+fn in_parallel<T: Send, R: Send>(
+    jobs: Vec<T>,
+    run: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if jobs.len() == 1 {
+        return jobs.into_iter().map(&run).collect();
+    }
+    std::thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(move || run(j))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| ExpertError::InvalidRequest("expert thread panicked".into()))?
+            })
+            .collect()
+    })
+}
+
+/// Runs each expert on `ids` (`[1, t]`) with its cache, in parallel, returning the last
+/// position's probabilities and normed hidden state.
 fn expert_steps(
     models: &[&LoadedModel],
     caches: &mut [KvCache],
     ids: &[u32],
-) -> Result<Vec<(Tensor, Tensor)>> {
-    let run = |m: &LoadedModel, cache: &mut KvCache| -> Result<(Tensor, Tensor)> {
+) -> Result<Vec<ExpertOut>> {
+    let jobs: Vec<_> = models.iter().zip(caches.iter_mut()).collect();
+    in_parallel(jobs, |(m, cache)| {
         let input = Tensor::new(ids, m.decoder.device())?.unsqueeze(0)?;
         let out = m
             .decoder
@@ -285,27 +314,26 @@ fn expert_steps(
             .squeeze(0)?
             .to_dtype(DType::F32)?;
         Ok((probs, hidden))
-    };
-    if models.len() == 1 {
-        return Ok(vec![run(models[0], &mut caches[0])?]);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = models
-            .iter()
-            .zip(caches.iter_mut())
-            .map(|(m, c)| s.spawn(move || run(m, c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| ExpertError::InvalidRequest("expert thread panicked".into()))?
-            })
-            .collect()
     })
 }
 
-/// The layer-mixed forward for `btm_layer`: returns the probabilities of the last position.
+/// Mixes residual streams with one row of layer coefficients.
+fn mix_streams(streams: &[Tensor], row: &[f32]) -> Result<Tensor> {
+    let mut acc = (&streams[0] * f64::from(row[0]))?;
+    for (s, &w) in streams.iter().zip(row).skip(1) {
+        acc = (acc + (s * f64::from(w))?)?;
+    }
+    Ok(acc)
+}
+
+/// The mean coefficient of each expert over the layers (what `btm_layer` reports).
+fn mean_coefficients(weights: &[Vec<f32>], experts: usize) -> Vec<f32> {
+    (0..experts)
+        .map(|i| weights.iter().map(|r| r[i]).sum::<f32>() / weights.len() as f32)
+        .collect()
+}
+
+/// The layer-mixed forward for `btm_layer` on one sequence: probabilities of the last position.
 fn layer_mixed_step(
     models: &[&LoadedModel],
     caches: &mut [KvCache],
@@ -316,38 +344,18 @@ fn layer_mixed_step(
     let input = Tensor::new(ids, device)?.unsqueeze(0)?;
     let weights: Vec<Vec<f32>> = mixer.weights()?.to_vec2()?;
     let offset = caches[0].len();
-    let mix = |streams: &[Tensor], row: &[f32]| -> Result<Tensor> {
-        let mut acc = (&streams[0] * f64::from(row[0]))?;
-        for (s, &w) in streams.iter().zip(row).skip(1) {
-            acc = (acc + (s * f64::from(w))?)?;
-        }
-        Ok(acc)
-    };
     let embeds: Vec<Tensor> = models
         .iter()
         .map(|m| m.decoder.embed(&input))
         .collect::<Result<_>>()?;
-    let mut h = mix(&embeds, &weights[0])?;
+    let mut h = mix_streams(&embeds, &weights[0])?;
     let layers = models[0].decoder.config().num_hidden_layers;
     for l in 0..layers {
-        let outs: Vec<Tensor> = std::thread::scope(|s| {
-            let handles: Vec<_> = models
-                .iter()
-                .zip(caches.iter_mut())
-                .map(|(m, c)| {
-                    let h = &h;
-                    s.spawn(move || m.decoder.layer(l, h, Some(c), offset, Path::Fused))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| ExpertError::InvalidRequest("expert thread panicked".into()))?
-                })
-                .collect::<Result<Vec<_>>>()
+        let jobs: Vec<_> = models.iter().zip(caches.iter_mut()).collect();
+        let outs = in_parallel(jobs, |(m, c)| {
+            m.decoder.layer(l, &h, Some(c), offset, Path::Fused)
         })?;
-        h = mix(&outs, &weights[l + 1])?;
+        h = mix_streams(&outs, &weights[l + 1])?;
     }
     let t = h.dim(1)?;
     let last = h.narrow(1, t - 1, 1)?.contiguous()?;
@@ -357,15 +365,13 @@ fn layer_mixed_step(
         .squeeze(0)?
         .squeeze(0)?
         .to_dtype(DType::F32)?;
-    // Report the mean coefficient of each expert over the layers.
-    let e = models.len();
-    let mean: Vec<f32> = (0..e)
-        .map(|i| weights.iter().map(|r| r[i]).sum::<f32>() / weights.len() as f32)
-        .collect();
-    Ok((candle_nn::ops::softmax_last_dim(&logits)?, mean))
+    Ok((
+        candle_nn::ops::softmax_last_dim(&logits)?,
+        mean_coefficients(&weights, models.len()),
+    ))
 }
 
-/// State of one fused sequence: the caches of its experts.
+/// State of one fused sequence: its fusion mode and the caches of its experts.
 #[derive(Debug)]
 pub struct FusedSequence<'a> {
     fusion: Fusion<'a>,
@@ -383,57 +389,243 @@ impl<'a> FusedSequence<'a> {
         Ok(Self { fusion, caches })
     }
 
-    /// Feeds `ids` (the prompt, then one token at a time) and returns the next-token
-    /// distribution with the mixing weights.
+    pub fn fusion(&self) -> &Fusion<'a> {
+        &self.fusion
+    }
+
+    /// Positions held in the caches.
+    pub fn len(&self) -> usize {
+        self.caches.first().map_or(0, KvCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the KV caches of all experts of this sequence.
+    pub fn cache_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::bytes).sum()
+    }
+
+    /// Feeds `ids` (the prompt, or one token) to this sequence alone and returns the
+    /// next-token distribution with the mixing weights.
     pub fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
-        match self.fusion {
-            Fusion::Single(m) => {
-                let outs = expert_steps(&[m], &mut self.caches, ids)?;
-                Ok(StepOutput {
-                    probs: outs[0].0.clone(),
-                    weights: Vec::new(),
-                })
-            }
-            Fusion::Ensemble { models, weights } => {
-                let outs = expert_steps(models, &mut self.caches, ids)?;
-                let total: f32 = weights.iter().sum();
-                let w: Vec<f32> = weights.iter().map(|x| x / total).collect();
-                Ok(StepOutput {
-                    probs: mix_probs(&outs, &w)?,
-                    weights: w,
-                })
-            }
-            Fusion::BtmToken {
-                models,
-                router,
-                hard,
-            } => {
-                let outs = expert_steps(models, &mut self.caches, ids)?;
-                let hidden: Vec<Tensor> = outs.iter().map(|(_, h)| h.clone()).collect();
-                let mut w: Vec<f32> = router.weights(&hidden)?.squeeze(0)?.to_vec1()?;
-                if hard {
-                    let best = w
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (i, &x)| if x > w[b] { i } else { b });
-                    w = (0..w.len())
-                        .map(|i| f32::from(u8::from(i == best)))
-                        .collect();
-                }
-                Ok(StepOutput {
-                    probs: mix_probs(&outs, &w)?,
-                    weights: w,
-                })
-            }
-            Fusion::BtmLayer { models, mixer } => {
-                let (probs, weights) = layer_mixed_step(models, &mut self.caches, mixer, ids)?;
-                Ok(StepOutput { probs, weights })
-            }
+        if let Fusion::BtmLayer { models, mixer } = &self.fusion {
+            let (probs, weights) = layer_mixed_step(models, &mut self.caches, mixer, ids)?;
+            return Ok(StepOutput { probs, weights });
         }
+        let outs = expert_steps(self.fusion.models(), &mut self.caches, ids)?;
+        combine(&self.fusion, outs)
     }
 }
 
-fn mix_probs(outs: &[(Tensor, Tensor)], w: &[f32]) -> Result<Tensor> {
+/// Turns the experts' outputs for one sequence into its fused step output.
+fn combine(fusion: &Fusion<'_>, mut outs: Vec<ExpertOut>) -> Result<StepOutput> {
+    match fusion {
+        Fusion::Single(_) => {
+            let (probs, _) = outs
+                .pop()
+                .ok_or_else(|| ExpertError::InvalidRequest("no expert output".into()))?;
+            Ok(StepOutput {
+                probs,
+                weights: Vec::new(),
+            })
+        }
+        Fusion::Ensemble { weights, .. } => {
+            let total: f32 = weights.iter().sum();
+            let w: Vec<f32> = weights.iter().map(|x| x / total).collect();
+            Ok(StepOutput {
+                probs: mix_probs(&outs, &w)?,
+                weights: w,
+            })
+        }
+        Fusion::BtmToken { router, hard, .. } => {
+            let hidden: Vec<Tensor> = outs.iter().map(|(_, h)| h.clone()).collect();
+            let mut w: Vec<f32> = router.weights(&hidden)?.squeeze(0)?.to_vec1()?;
+            if *hard {
+                let best = w
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &x)| if x > w[b] { i } else { b });
+                w = (0..w.len())
+                    .map(|i| f32::from(u8::from(i == best)))
+                    .collect();
+            }
+            Ok(StepOutput {
+                probs: mix_probs(&outs, &w)?,
+                weights: w,
+            })
+        }
+        Fusion::BtmLayer { .. } => Err(ExpertError::InvalidRequest(
+            "btm_layer mixes inside the forward".into(),
+        )),
+    }
+}
+
+/// Identity of a loaded model (sequences are grouped by the models they run).
+fn model_key(m: &LoadedModel) -> usize {
+    std::ptr::from_ref(m) as usize
+}
+
+/// One decode step for many sequences at once — continuous batching: sequences of any
+/// length and any fusion mode join and leave between steps. `tokens[i]` continues
+/// `seqs[i]`. Every model runs one batched forward over all the sequences that need it
+/// (its rows of `single`, `ensemble` and `btm_token` sequences), different models in
+/// parallel; `btm_layer` sequences sharing models and coefficients run as one batch,
+/// layer by layer.
+pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result<Vec<StepOutput>> {
+    if seqs.len() != tokens.len() {
+        return Err(ExpertError::InvalidRequest(format!(
+            "{} tokens for {} sequences",
+            tokens.len(),
+            seqs.len()
+        )));
+    }
+    let n = seqs.len();
+    let mut results: Vec<Option<StepOutput>> = vec![None; n];
+
+    // Rows of each model: (sequence, slot) → the model's batch.
+    struct ModelBatch<'m, 'c> {
+        model: &'m LoadedModel,
+        rows: Vec<(usize, usize)>,
+        tokens: Vec<u32>,
+        caches: Vec<&'c mut KvCache>,
+    }
+    struct LayerBatch<'m, 'c> {
+        models: Vec<&'m LoadedModel>,
+        mixer: &'m LayerMixer,
+        rows: Vec<usize>,
+        tokens: Vec<u32>,
+        caches: Vec<Vec<&'c mut KvCache>>,
+    }
+    let mut fusions: Vec<Fusion<'_>> = Vec::with_capacity(n);
+    let mut model_batches: Vec<ModelBatch<'_, '_>> = Vec::new();
+    let mut layer_batches: Vec<LayerBatch<'_, '_>> = Vec::new();
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        let FusedSequence { fusion, caches } = &mut **seq;
+        fusions.push(fusion.clone());
+        if let Fusion::BtmLayer { models, mixer } = fusion {
+            let keys: Vec<usize> = models.iter().map(|m| model_key(m)).collect();
+            let pos = layer_batches.iter().position(|b| {
+                std::ptr::eq(b.mixer, *mixer)
+                    && b.models
+                        .iter()
+                        .map(|m| model_key(m))
+                        .eq(keys.iter().copied())
+            });
+            let batch = match pos {
+                Some(p) => &mut layer_batches[p],
+                None => {
+                    layer_batches.push(LayerBatch {
+                        models: models.clone(),
+                        mixer,
+                        rows: Vec::new(),
+                        tokens: Vec::new(),
+                        caches: (0..models.len()).map(|_| Vec::new()).collect(),
+                    });
+                    layer_batches
+                        .last_mut()
+                        .ok_or_else(|| ExpertError::InvalidRequest("layer batch vanished".into()))?
+                }
+            };
+            batch.rows.push(i);
+            batch.tokens.push(tokens[i]);
+            for (slot, c) in caches.iter_mut().enumerate() {
+                batch.caches[slot].push(c);
+            }
+            continue;
+        }
+        for (slot, (m, c)) in fusion.models().iter().zip(caches.iter_mut()).enumerate() {
+            let key = model_key(m);
+            let batch = match model_batches.iter().position(|b| model_key(b.model) == key) {
+                Some(p) => &mut model_batches[p],
+                None => {
+                    model_batches.push(ModelBatch {
+                        model: m,
+                        rows: Vec::new(),
+                        tokens: Vec::new(),
+                        caches: Vec::new(),
+                    });
+                    model_batches
+                        .last_mut()
+                        .ok_or_else(|| ExpertError::InvalidRequest("model batch vanished".into()))?
+                }
+            };
+            batch.rows.push((i, slot));
+            batch.tokens.push(tokens[i]);
+            batch.caches.push(c);
+        }
+    }
+
+    // One batched forward per model, models in parallel.
+    let mut per_seq: Vec<Vec<Option<ExpertOut>>> = fusions
+        .iter()
+        .map(|f| vec![None; f.models().len()])
+        .collect();
+    let outputs = in_parallel(
+        model_batches
+            .iter_mut()
+            .map(|b| (b.model, &b.tokens, &mut b.caches))
+            .collect(),
+        |(m, toks, caches)| {
+            let (logits, normed) = m.decoder.decode_ragged(toks, caches)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+            Ok((probs, normed.to_dtype(DType::F32)?))
+        },
+    )?;
+    for (b, (probs, normed)) in model_batches.iter().zip(outputs) {
+        for (r, &(i, slot)) in b.rows.iter().enumerate() {
+            per_seq[i][slot] = Some((probs.get(r)?, normed.narrow(0, r, 1)?));
+        }
+    }
+    for (i, outs) in per_seq.into_iter().enumerate() {
+        if matches!(fusions[i], Fusion::BtmLayer { .. }) {
+            continue;
+        }
+        let outs: Vec<ExpertOut> = outs
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| ExpertError::InvalidRequest("an expert row is missing".into()))?;
+        results[i] = Some(combine(&fusions[i], outs)?);
+    }
+
+    // Layer-mixed batches.
+    for b in &mut layer_batches {
+        let device = b.models[0].decoder.device();
+        let input = Tensor::from_slice(&b.tokens, (b.tokens.len(), 1), device)?;
+        let weights: Vec<Vec<f32>> = b.mixer.weights()?.to_vec2()?;
+        let embeds: Vec<Tensor> = b
+            .models
+            .iter()
+            .map(|m| m.decoder.embed(&input))
+            .collect::<Result<_>>()?;
+        let mut h = mix_streams(&embeds, &weights[0])?;
+        for l in 0..b.models[0].decoder.config().num_hidden_layers {
+            let jobs: Vec<_> = b.models.iter().zip(b.caches.iter_mut()).collect();
+            let outs = in_parallel(jobs, |(m, caches)| m.decoder.layer_ragged(l, &h, caches))?;
+            h = mix_streams(&outs, &weights[l + 1])?;
+        }
+        let logits = b.models[0]
+            .decoder
+            .head(&h, Path::Fused)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let mean = mean_coefficients(&weights, b.models.len());
+        for (r, &i) in b.rows.iter().enumerate() {
+            results[i] = Some(StepOutput {
+                probs: probs.get(r)?,
+                weights: mean.clone(),
+            });
+        }
+    }
+    results
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ExpertError::InvalidRequest("a sequence got no output".into()))
+}
+
+fn mix_probs(outs: &[ExpertOut], w: &[f32]) -> Result<Tensor> {
     let mut acc = (&outs[0].0 * f64::from(w[0]))?;
     for ((p, _), &wi) in outs.iter().zip(w).skip(1) {
         acc = (acc + (p * f64::from(wi))?)?;
@@ -465,91 +657,190 @@ pub struct FusedGeneration {
     pub cost: f32,
 }
 
-/// Generates with a fusion mode. Sampling reads `ln p` of the mixed distribution as its
-/// logits (greedy takes its arg-max; temperature `T` samples from `p^(1/T)` renormalised).
-/// `on_text(piece, weights)` receives each completed text piece and returns false to stop.
+/// The sampling and text side of one generating sequence: picks each next token from a
+/// step's distribution, streams completed text pieces, and knows when the sequence ends
+/// (EOS, a stop string, `max_tokens`, the context, or a cancelled client). Shared by
+/// [`generate_fused`] and the expert process's batching engine.
+pub struct Decoding<'a> {
+    first: &'a LoadedModel,
+    cost: f32,
+    sampler: Sampler,
+    eos: Vec<u32>,
+    max_new: usize,
+    prompt_tokens: usize,
+    history: Vec<u32>,
+    tokens: Vec<u32>,
+    weights_log: Vec<Vec<f32>>,
+    stream: StreamDecoder,
+    stop: StopFilter,
+    text: String,
+    finish: Option<FinishReason>,
+    hit_stop: bool,
+    prefill_seconds: f64,
+    decode_started: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Decoding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoding")
+            .field("tokens", &self.tokens.len())
+            .field("finish", &self.finish)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Decoding<'a> {
+    /// Checks the request against `fusion`'s models and prepares the sequence's state.
+    pub fn new(fusion: &Fusion<'a>, prompt_ids: &[u32], params: &SamplingParams) -> Result<Self> {
+        params.validate()?;
+        if prompt_ids.is_empty() {
+            return Err(ExpertError::InvalidRequest("the prompt is empty".into()));
+        }
+        let models = fusion.models();
+        let first = models
+            .first()
+            .copied()
+            .ok_or_else(|| ExpertError::InvalidRequest("no models".into()))?;
+        let ctx = check_prompt_fits(models, prompt_ids.len())?;
+        Ok(Self {
+            first,
+            cost: fusion.cost(),
+            sampler: Sampler::new(params),
+            eos: models
+                .iter()
+                .flat_map(|m| m.eos_token_ids.iter().copied())
+                .collect(),
+            max_new: params.max_tokens.min(ctx - prompt_ids.len()),
+            prompt_tokens: prompt_ids.len(),
+            history: prompt_ids.to_vec(),
+            tokens: Vec::new(),
+            weights_log: Vec::new(),
+            stream: StreamDecoder::default(),
+            stop: StopFilter::new(params.stop.clone()),
+            text: String::new(),
+            finish: None,
+            hit_stop: false,
+            prefill_seconds: 0.0,
+            decode_started: None,
+        })
+    }
+
+    /// Records how long the prompt's forward took.
+    pub fn set_prefill_seconds(&mut self, seconds: f64) {
+        self.prefill_seconds = seconds;
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Takes one step's output: samples the next token and passes each completed text
+    /// piece to `on_text(piece, weights)` (false = the client is gone). Returns the token
+    /// to feed next, or `None` once the sequence has ended.
+    pub fn advance(
+        &mut self,
+        out: &StepOutput,
+        mut on_text: impl FnMut(&str, &[f32]) -> bool,
+    ) -> Result<Option<u32>> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        self.decode_started
+            .get_or_insert_with(std::time::Instant::now);
+        let logp = out.probs.clamp(1e-30f32, 1.0f32)?.log()?;
+        let next = self.sampler.sample(&logp, &self.history)?;
+        if self.eos.contains(&next) {
+            return Ok(self.end(FinishReason::Stop));
+        }
+        self.tokens.push(next);
+        self.history.push(next);
+        self.weights_log.push(out.weights.clone());
+        if let Some(piece) = self.stream.push(&self.first.tokenizer, next)? {
+            let (safe, hit) = self.stop.push(&piece);
+            self.text.push_str(&safe);
+            let keep_going = safe.is_empty() || on_text(&safe, &out.weights);
+            if hit {
+                self.hit_stop = true;
+                return Ok(self.end(FinishReason::Stop));
+            }
+            if !keep_going {
+                return Ok(self.end(FinishReason::Cancelled));
+            }
+        }
+        if self.tokens.len() >= self.max_new {
+            return Ok(self.end(FinishReason::Length));
+        }
+        Ok(Some(next))
+    }
+
+    /// Ends the sequence because its client went away.
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    fn end(&mut self, reason: FinishReason) -> Option<u32> {
+        self.finish.get_or_insert(reason);
+        None
+    }
+
+    /// Whether the sequence has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Flushes text held back by the stop filter (unless a stop string matched) through
+    /// `on_text` and returns the generation.
+    pub fn finish(mut self, mut on_text: impl FnMut(&str, &[f32]) -> bool) -> FusedGeneration {
+        let finish = self.finish.unwrap_or(FinishReason::Length);
+        if !self.hit_stop {
+            let rest = self.stop.finish();
+            if !rest.is_empty() {
+                self.text.push_str(&rest);
+                if finish != FinishReason::Cancelled {
+                    on_text(&rest, &[]);
+                }
+            }
+        }
+        FusedGeneration {
+            cost: self.cost,
+            routing_weights: self.weights_log,
+            generation: Generation {
+                text: self.text,
+                tokens: self.tokens,
+                prompt_tokens: self.prompt_tokens,
+                finish_reason: finish,
+                prefill_seconds: self.prefill_seconds,
+                decode_seconds: self
+                    .decode_started
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            },
+        }
+    }
+}
+
+/// Generates with a fusion mode, one sequence alone. Sampling reads `ln p` of the mixed
+/// distribution as its logits (greedy takes its arg-max; temperature `T` samples from
+/// `p^(1/T)` renormalised). `on_text(piece, weights)` receives each completed text piece
+/// and returns false to stop. Decode steps go through [`step_batch`] with a batch of one,
+/// the same path the expert process batches many sequences through.
 pub fn generate_fused(
     fusion: Fusion<'_>,
     prompt_ids: &[u32],
     params: &SamplingParams,
     mut on_text: impl FnMut(&str, &[f32]) -> bool,
 ) -> Result<FusedGeneration> {
-    params.validate()?;
-    if prompt_ids.is_empty() {
-        return Err(ExpertError::InvalidRequest("the prompt is empty".into()));
-    }
-    let models = fusion.models();
-    let first = models
-        .first()
-        .copied()
-        .ok_or_else(|| ExpertError::InvalidRequest("no models".into()))?;
-    let ctx = check_prompt_fits(&models, prompt_ids.len())?;
-    let eos: Vec<u32> = models
-        .iter()
-        .flat_map(|m| m.eos_token_ids.iter().copied())
-        .collect();
-    let max_new = params.max_tokens.min(ctx - prompt_ids.len());
+    let mut decoding = Decoding::new(&fusion, prompt_ids, params)?;
     let mut seq = FusedSequence::new(fusion)?;
-    let mut sampler = Sampler::new(params);
-    let mut history = prompt_ids.to_vec();
-    let mut tokens = Vec::new();
-    let mut weights_log = Vec::new();
-    let mut stream = StreamDecoder::default();
-    let mut stop = StopFilter::new(params.stop.clone());
-    let mut text = String::new();
-    let mut finish = FinishReason::Length;
-
     let started = std::time::Instant::now();
     let mut out = seq.step(prompt_ids)?;
-    let prefill_seconds = started.elapsed().as_secs_f64();
-    let decode_started = std::time::Instant::now();
-    for step in 0..max_new {
-        let logp = out.probs.clamp(1e-30f32, 1.0f32)?.log()?;
-        let next = sampler.sample(&logp, &history)?;
-        if eos.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        tokens.push(next);
-        history.push(next);
-        weights_log.push(out.weights.clone());
-        if let Some(piece) = stream.push(&first.tokenizer, next)? {
-            let (safe, hit) = stop.push(&piece);
-            text.push_str(&safe);
-            let keep_going = safe.is_empty() || on_text(&safe, &out.weights);
-            if hit {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if !keep_going {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-        }
-        if step + 1 == max_new {
-            break;
-        }
-        out = seq.step(&[next])?;
+    decoding.set_prefill_seconds(started.elapsed().as_secs_f64());
+    while let Some(next) = decoding.advance(&out, &mut on_text)? {
+        out = step_batch(&mut [&mut seq], &[next])?
+            .pop()
+            .ok_or_else(|| ExpertError::InvalidRequest("no step output".into()))?;
     }
-    if finish != FinishReason::Stop || params.stop.is_empty() {
-        let rest = stop.finish();
-        if !rest.is_empty() {
-            text.push_str(&rest);
-            on_text(&rest, &[]);
-        }
-    }
-    Ok(FusedGeneration {
-        cost: fusion.cost(),
-        routing_weights: weights_log,
-        generation: Generation {
-            text,
-            tokens,
-            prompt_tokens: prompt_ids.len(),
-            finish_reason: finish,
-            prefill_seconds,
-            decode_seconds: decode_started.elapsed().as_secs_f64(),
-        },
-    })
+    Ok(decoding.finish(on_text))
 }
 
 /// Creates an untrained router's variables (for training).

@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod config;
 pub mod corpus;
+pub mod engine;
 pub mod error;
 pub mod forge;
 pub mod fusion;

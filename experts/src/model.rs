@@ -142,6 +142,14 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Number of positions cached in layer `index` (ahead of later layers mid-step).
+    fn len_at(&self, index: usize) -> usize {
+        self.layers
+            .get(index)
+            .and_then(|l| l.kv.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
     /// Forgets everything.
     pub fn reset(&mut self) {
         for l in &mut self.layers {
@@ -208,6 +216,7 @@ impl Attention {
         })
     }
 
+    /// Attention of `x` `[batch, t, hidden]`, every row at positions `offset..offset + t`.
     fn forward(
         &self,
         x: &Tensor,
@@ -217,12 +226,66 @@ impl Attention {
         path: Path,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let shape = |y: Tensor, n: usize| -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let out = self.attend(&q, &k, &v, rotary, cache, offset, path)?;
+        Ok(self
+            .o_proj
+            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)?)
+    }
+
+    /// One decode position for each of several sequences, each with its own cache and
+    /// position: `x` is `[n, 1, hidden]`, row `i` continues `caches[i]` at `offsets[i]`.
+    /// The projections run batched; attention runs per sequence over its own keys.
+    fn forward_ragged(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        caches: &mut [&mut LayerCache],
+        offsets: &[usize],
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let mut outs = Vec::with_capacity(n);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let row = |t: &Tensor| t.narrow(0, i, 1);
+            outs.push(self.attend(
+                &row(&q)?,
+                &row(&k)?,
+                &row(&v)?,
+                rotary,
+                Some(&mut **cache),
+                offsets[i],
+                Path::Fused,
+            )?);
+        }
+        let out = Tensor::cat(&outs, 0)?.reshape((n, 1, self.heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+
+    /// Rotary embedding, cache update and scaled dot-product attention for projected
+    /// `q`, `k`, `v` (`[batch, t, heads * head_dim]`); returns `[batch, t, heads, head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rotary: &Rotary,
+        cache: Option<&mut LayerCache>,
+        offset: usize,
+        path: Path,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let shape = |y: &Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?)
         };
-        let q = shape(self.q_proj.forward(x)?, self.heads)?;
-        let k = shape(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = shape(self.v_proj.forward(x)?, self.kv_heads)?.contiguous()?;
+        let q = shape(q, self.heads)?;
+        let k = shape(k, self.kv_heads)?;
+        let v = shape(v, self.kv_heads)?.contiguous()?;
         let q = rotary.apply(&q, offset, path)?;
         let k = rotary.apply(&k, offset, path)?;
 
@@ -245,18 +308,14 @@ impl Attention {
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         let s = k.dim(2)?;
         if t > 1 {
-            let mask = causal_mask(t, s, x.device())?.to_dtype(scores.dtype())?;
+            let mask = causal_mask(t, s, q.device())?.to_dtype(scores.dtype())?;
             scores = scores.broadcast_add(&mask)?;
         }
         let probs = match path {
             Path::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
             Path::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
-        let out = probs.matmul(&v)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        Ok(probs.matmul(&v)?.transpose(1, 2)?)
     }
 }
 
@@ -419,6 +478,73 @@ impl Decoder {
             .forward(&x, &self.rotary, cache, offset, path)?)?;
         let x = layer.post_attention_layernorm.forward(&h, path)?;
         Ok((&h + layer.mlp.forward(&x)?)?)
+    }
+
+    /// Runs layer `index` for one decode position of each of several sequences: `h` is
+    /// `[n, 1, hidden]`, row `i` continues `caches[i]` (continuous batching: the sequences
+    /// may have different lengths).
+    pub fn layer_ragged(
+        &self,
+        index: usize,
+        h: &Tensor,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let layer = self
+            .layers
+            .get(index)
+            .ok_or_else(|| ExpertError::InvalidRequest(format!("no layer {index}")))?;
+        if caches.len() != h.dim(0)? {
+            return Err(ExpertError::InvalidRequest(format!(
+                "{} caches for a batch of {}",
+                caches.len(),
+                h.dim(0)?
+            )));
+        }
+        let offsets: Vec<usize> = caches.iter().map(|c| c.len_at(index)).collect();
+        let mut layer_caches: Vec<&mut LayerCache> = caches
+            .iter_mut()
+            .map(|c| {
+                c.layers
+                    .get_mut(index)
+                    .ok_or_else(|| ExpertError::InvalidRequest("cache of another model".into()))
+            })
+            .collect::<Result<_>>()?;
+        let x = layer.input_layernorm.forward(h, Path::Fused)?;
+        let h =
+            (h + layer
+                .self_attn
+                .forward_ragged(&x, &self.rotary, &mut layer_caches, &offsets)?)?;
+        let x = layer.post_attention_layernorm.forward(&h, Path::Fused)?;
+        Ok((&h + layer.mlp.forward(&x)?)?)
+    }
+
+    /// One decode step for several sequences at once (continuous batching): `tokens[i]`
+    /// continues `caches[i]`. Returns logits `[n, vocab]` and the final normed hidden
+    /// states `[n, hidden]`.
+    pub fn decode_ragged(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<(Tensor, Tensor)> {
+        if let Some(c) = caches
+            .iter()
+            .find(|c| c.len() + 1 > self.config.max_position_embeddings)
+        {
+            return Err(ExpertError::InvalidRequest(format!(
+                "{} positions exceed the model's context of {}",
+                c.len() + 1,
+                self.config.max_position_embeddings
+            )));
+        }
+        let n = tokens.len();
+        let input = Tensor::from_slice(tokens, (n, 1), &self.device)?;
+        let mut h = self.embed(&input)?;
+        for i in 0..self.layers.len() {
+            h = self.layer_ragged(i, &h, caches)?;
+        }
+        let normed = self.norm.forward(&h, Path::Fused)?;
+        let logits = self.lm_head.forward(&normed)?;
+        Ok((logits.squeeze(1)?, normed.squeeze(1)?))
     }
 
     /// Final norm of the residual stream.
@@ -609,6 +735,49 @@ mod tests {
                 .unwrap()
                 .logits;
             assert!(max_diff(&both.narrow(0, row, 1).unwrap(), &one) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn ragged_decode_matches_one_sequence_at_a_time() {
+        for (arch, tied) in [(Architecture::Qwen2, true), (Architecture::Llama, false)] {
+            let (d, _vm) = tiny(arch, tied);
+            let prompts: [&[u32]; 3] = [&[3, 17, 5], &[42], &[9, 11, 60, 1, 2, 33, 7]];
+            let next = [4u32, 8, 15];
+            let prefilled = || -> Vec<KvCache> {
+                prompts
+                    .iter()
+                    .map(|p| {
+                        let mut c = d.new_cache();
+                        let x = Tensor::new(*p, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                        d.forward(&x, Some(&mut c), true, false, Path::Fused)
+                            .unwrap();
+                        c
+                    })
+                    .collect()
+            };
+            let mut batched = prefilled();
+            let mut refs: Vec<&mut KvCache> = batched.iter_mut().collect();
+            let (logits, normed) = d.decode_ragged(&next, &mut refs).unwrap();
+            assert_eq!(logits.dims(), [3, 61]);
+            assert_eq!(normed.dims(), [3, 32]);
+            let mut alone = prefilled();
+            for (i, cache) in alone.iter_mut().enumerate() {
+                let x = Tensor::new(&[[next[i]]], &Device::Cpu).unwrap();
+                let one = d.forward(&x, Some(cache), true, true, Path::Fused).unwrap();
+                let l = one.logits.squeeze(0).unwrap();
+                let diff = max_diff(&logits.narrow(0, i, 1).unwrap(), &l);
+                assert!(diff < 1e-5, "{arch:?} row {i}: {diff}");
+                let h = one
+                    .hidden_states
+                    .unwrap()
+                    .pop()
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap();
+                assert!(max_diff(&normed.narrow(0, i, 1).unwrap(), &h) < 1e-5);
+                assert_eq!(cache.len(), batched[i].len());
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 //!   routers: {default: models/routers/btm_token}   # btm_token routers (train_router)
 //!   mixers: {default: models/routers/btm_layer}    # btm_layer coefficients (train_router)
 //!   max_queue: 64           # requests admitted at once; more get 503 + Retry-After
-//!   workers: 2              # sequences decoded concurrently
+//!   max_batch: 16           # sequences decoded together in one step (continuous batching)
 //! ```
 //! Other top-level sections belong to other programs and are not read here; unknown keys
 //! inside `experts:` are errors naming the key and the file.
@@ -23,8 +23,8 @@ use crate::error::{ExpertError, Result};
 fn default_queue() -> usize {
     64
 }
-fn default_workers() -> usize {
-    2
+fn default_max_batch() -> usize {
+    16
 }
 fn default_device() -> String {
     "cpu".into()
@@ -43,8 +43,8 @@ pub struct ServeConfig {
     pub mixers: BTreeMap<String, PathBuf>,
     #[serde(default = "default_queue")]
     pub max_queue: usize,
-    #[serde(default = "default_workers")]
-    pub workers: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
 }
 
 fn config_error(file: &Path, key: &str, message: impl std::fmt::Display) -> ExpertError {
@@ -80,8 +80,12 @@ impl ServeConfig {
                 "must be at least 1",
             ));
         }
-        if cfg.workers == 0 {
-            return Err(config_error(file, "experts.workers", "must be at least 1"));
+        if cfg.max_batch == 0 {
+            return Err(config_error(
+                file,
+                "experts.max_batch",
+                "must be at least 1",
+            ));
         }
         cfg.device()
             .map_err(|e| config_error(file, "experts.device", e))?;
@@ -129,7 +133,7 @@ mod tests {
     fn reads_the_section_and_rejects_unknown_keys() {
         let c = load("hybrid: {}\nexperts:\n  models: {a: m/a}\n").unwrap();
         assert_eq!(c.models["a"], PathBuf::from("m/a"));
-        assert_eq!(c.workers, 2);
+        assert_eq!(c.max_batch, 16);
         let e = load("experts:\n  models: {a: m/a}\n  wokers: 3\n")
             .unwrap_err()
             .to_string();

@@ -1,14 +1,16 @@
 //! The expert process: an HTTP server over loaded models (see the `protocol` crate for the
-//! wire format).
+//! wire format; `POST /v1/chat/completions` also answers in OpenAI's shape for `single`).
 //!
 //! Admission: at most `max_queue` requests are admitted at once; one more gets `503` with
-//! `Retry-After` at once. Admitted requests wait for one of `workers` decode slots; each
-//! generation runs on a blocking thread and streams its pieces through a channel. When the
-//! client goes away the channel closes, the generation stops at its next token and its KV
-//! cache is dropped. SIGTERM stops accepting connections and lets running streams finish.
+//! `Retry-After` at once. Admitted requests go to one engine thread that runs **continuous
+//! batching**: between two decode steps, waiting sequences join (their prompt is
+//! prefilled) and finished or cancelled ones leave; each step runs every loaded model once
+//! over all the sequences that need it ([`fusion::step_batch`]), up to `max_batch`
+//! sequences. Text pieces stream to each client through its channel; when a client goes
+//! away its channel closes, the engine drops the sequence and its KV cache at the next
+//! step. SIGTERM stops accepting connections and lets running streams finish.
 //!
-//! Not yet here: continuous batching across requests at the decode step (requests decode
-//! concurrently on separate threads, each with its own cache).
+//! [`fusion::step_batch`]: crate::fusion::step_batch
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -19,44 +21,50 @@ use std::time::Instant;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::{DType, Device};
+use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use protocol::{
-    Cost, ErrorBody, FinalRecord, FusionMode, GenerateRequest, GenerateResponse, ModelCard,
-    ModelList, Timings, TokenEvent, Usage,
+    ErrorBody, FinalRecord, FusionMode, GenerateRequest, GenerateResponse, ModelCard, ModelList,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use crate::chat::ChatMessage;
+use crate::engine::{self, Event, Job, ValidRequest, build_fusion};
 use crate::error::{ExpertError, Result};
-use crate::fusion::{
-    FusedGeneration, Fusion, LayerMixer, TokenRouter, check_prompt_fits, generate_fused,
-};
-use crate::generate::{FinishReason, SamplingParams};
+use crate::fusion::{Decoding, LayerMixer, TokenRouter};
+use crate::generate::SamplingParams;
 use crate::loader::{LoadedModel, load_model};
 use crate::serve_config::ServeConfig;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
-/// Everything the handlers share.
+/// The models, routers and mixers a process serves.
 #[derive(Debug)]
-pub struct ExpertState {
+pub struct Registry {
     pub models: BTreeMap<String, Arc<LoadedModel>>,
     pub routers: HashMap<String, Arc<TokenRouter>>,
     pub mixers: HashMap<String, Arc<LayerMixer>>,
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct ExpertState {
+    pub registry: Arc<Registry>,
     queue: Arc<Semaphore>,
-    workers: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
     ready: AtomicBool,
     metrics: Option<PrometheusHandle>,
 }
 
 impl ExpertState {
-    /// Loads every model, router and mixer the config names.
+    /// Loads every model, router and mixer the config names and starts the batching engine.
     pub fn load(cfg: &ServeConfig) -> Result<Self> {
         let device = cfg.device()?;
         let dtype = if device.is_cpu() {
@@ -81,15 +89,24 @@ impl ExpertState {
         for (name, dir) in &cfg.mixers {
             mixers.insert(name.clone(), Arc::new(LayerMixer::load(dir, &device)?));
         }
-        Ok(Self {
+        let registry = Arc::new(Registry {
             models,
             routers,
             mixers,
+        });
+        let jobs = engine::start(registry.clone(), cfg.max_batch)?;
+        Ok(Self {
+            registry,
             queue: Arc::new(Semaphore::new(cfg.max_queue)),
-            workers: Arc::new(Semaphore::new(cfg.workers)),
+            jobs,
             ready: AtomicBool::new(true),
             metrics: PrometheusBuilder::new().install_recorder().ok(),
         })
+    }
+
+    /// Names of the served models.
+    pub fn model_names(&self) -> Vec<&str> {
+        self.registry.models.keys().map(String::as_str).collect()
     }
 }
 
@@ -105,6 +122,13 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             body: ErrorBody::new(message, "invalid_request_error", "invalid_request"),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: ErrorBody::new(message, "server_error", "internal"),
         }
     }
 }
@@ -159,6 +183,7 @@ pub fn router(state: Arc<ExpertState>) -> Router {
         .route("/health", get(health))
         .route("/v1/models", get(list_models))
         .route("/v1/generate", post(generate_handler))
+        .route("/v1/chat/completions", post(chat_completions))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -166,8 +191,7 @@ pub fn router(state: Arc<ExpertState>) -> Router {
 
 async fn health(State(s): State<Arc<ExpertState>>) -> Response {
     if s.ready.load(Ordering::SeqCst) {
-        Json(serde_json::json!({"status": "ok", "models": s.models.keys().collect::<Vec<_>>()}))
-            .into_response()
+        Json(serde_json::json!({"status": "ok", "models": s.model_names()})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -181,6 +205,7 @@ async fn list_models(State(s): State<Arc<ExpertState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
         data: s
+            .registry
             .models
             .keys()
             .map(|id| ModelCard {
@@ -207,50 +232,26 @@ async fn metrics_handler(State(s): State<Arc<ExpertState>>) -> Response {
     }
 }
 
-/// A request checked against what this process serves.
-struct ValidRequest {
-    mode: FusionMode,
-    prompt_ids: Vec<u32>,
-    params: SamplingParams,
-    stream: bool,
-    weights: bool,
-}
-
-fn validate(s: &ExpertState, req: GenerateRequest) -> std::result::Result<ValidRequest, ApiError> {
-    let names = req.mode.models();
-    if names.is_empty() {
+/// Checks a request against what this process serves; every 4xx is decided here, before
+/// the request is queued.
+fn validate(s: &Registry, req: GenerateRequest) -> std::result::Result<ValidRequest, ApiError> {
+    if req.mode.models().is_empty() {
         return Err(ApiError::bad_request("the mode names no models"));
     }
-    let mut models = Vec::new();
-    for n in &names {
-        let m = s.models.get(*n).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "model {n:?} is not served here (available: {:?})",
-                s.models.keys().collect::<Vec<_>>()
-            ))
-        })?;
-        models.push(m);
+    if let Some(n) = req
+        .mode
+        .models()
+        .iter()
+        .find(|n| !s.models.contains_key(**n))
+    {
+        return Err(ApiError::bad_request(format!(
+            "model {n:?} is not served here (available: {:?})",
+            s.models.keys().collect::<Vec<_>>()
+        )));
     }
-    match &req.mode {
-        FusionMode::BtmToken { router, .. } => {
-            let name = router.as_deref().unwrap_or("default");
-            if !s.routers.contains_key(name) {
-                return Err(ApiError::bad_request(format!(
-                    "no btm_token router {name:?} is loaded (train one with train_router)"
-                )));
-            }
-        }
-        FusionMode::BtmLayer { coefficients, .. } => {
-            let name = coefficients.as_deref().unwrap_or("default");
-            if !s.mixers.contains_key(name) {
-                return Err(ApiError::bad_request(format!(
-                    "no btm_layer coefficients {name:?} are loaded (train them with train_router)"
-                )));
-            }
-        }
-        _ => {}
-    }
-    let first = models[0];
+    let fusion = build_fusion(s, &req.mode)?;
+    fusion.validate()?;
+    let first = fusion.models()[0];
     let text = match (&req.prompt, &req.messages) {
         (Some(p), None) => {
             if p.is_empty() {
@@ -286,121 +287,23 @@ fn validate(s: &ExpertState, req: GenerateRequest) -> std::result::Result<ValidR
     };
     let prompt_ids = first.tokenizer.encode(&text)?;
     let params = SamplingParams::from(&req.sampling);
-    params.validate()?;
-    let models: Vec<&LoadedModel> = models.iter().map(|m| m.as_ref()).collect();
-    check_prompt_fits(&models, prompt_ids.len())?;
+    Decoding::new(&fusion, &prompt_ids, &params)?;
     Ok(ValidRequest {
         mode: req.mode,
         prompt_ids,
         params,
-        stream: req.stream,
         weights: req.return_routing_weights,
     })
 }
 
-/// Raises a gauge while alive (requests admitted, sequences decoding).
-struct GaugeGuard(&'static str);
-
-impl GaugeGuard {
-    fn new(name: &'static str) -> Self {
-        metrics::gauge!(name).increment(1.0);
-        Self(name)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        metrics::gauge!(self.0).decrement(1.0);
-    }
-}
-
-enum Msg {
-    Token(TokenEvent),
-    Done(FinalRecord),
-    Error(ErrorBody),
-}
-
-fn run_generation(
+/// Admits a checked request (or answers 503 at once when the queue is full) and hands it
+/// to the engine; the receiver yields its events.
+fn submit(
     s: &ExpertState,
-    req: &ValidRequest,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<FusedGeneration> {
-    let models: Vec<&LoadedModel> = req
-        .mode
-        .models()
-        .iter()
-        .filter_map(|n| s.models.get(*n).map(|m| m.as_ref()))
-        .collect();
-    let weights_default;
-    let fusion = match &req.mode {
-        FusionMode::Single { .. } => Fusion::Single(models[0]),
-        FusionMode::Ensemble { weights, .. } => {
-            weights_default = weights.clone().unwrap_or_else(|| vec![1.0; models.len()]);
-            Fusion::Ensemble {
-                models: &models,
-                weights: &weights_default,
-            }
-        }
-        FusionMode::BtmToken { router, hard, .. } => Fusion::BtmToken {
-            models: &models,
-            router: s
-                .routers
-                .get(router.as_deref().unwrap_or("default"))
-                .ok_or_else(|| ExpertError::InvalidRequest("router vanished".into()))?,
-            hard: *hard,
-        },
-        FusionMode::BtmLayer { coefficients, .. } => Fusion::BtmLayer {
-            models: &models,
-            mixer: s
-                .mixers
-                .get(coefficients.as_deref().unwrap_or("default"))
-                .ok_or_else(|| ExpertError::InvalidRequest("coefficients vanished".into()))?,
-        },
-    };
-    let want_weights = req.weights && !matches!(req.mode, FusionMode::Single { .. });
-    generate_fused(fusion, &req.prompt_ids, &req.params, |piece, w| {
-        let ev = TokenEvent {
-            text: piece.to_string(),
-            weights: (want_weights && !w.is_empty()).then(|| w.to_vec()),
-        };
-        tx.blocking_send(Msg::Token(ev)).is_ok()
-    })
-}
-
-fn final_record(g: &FusedGeneration, want_weights: bool, queue_ms: f64) -> FinalRecord {
-    let gen_ = &g.generation;
-    let n = gen_.prompt_tokens + gen_.tokens.len();
-    FinalRecord {
-        finish_reason: match gen_.finish_reason {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Cancelled => "cancelled",
-        }
-        .into(),
-        usage: Usage {
-            prompt_tokens: gen_.prompt_tokens,
-            completion_tokens: gen_.tokens.len(),
-        },
-        cost: Cost {
-            forwards_per_token: g.cost,
-            total_token_forwards: (n as f64 * f64::from(g.cost)) as u64,
-        },
-        timings: Timings {
-            queue_ms,
-            prefill_ms: gen_.prefill_seconds * 1e3,
-            decode_ms: gen_.decode_seconds * 1e3,
-        },
-        routing_weights: (want_weights && g.cost > 1.0).then(|| g.routing_weights.clone()),
-    }
-}
-
-async fn generate_handler(
-    State(s): State<Arc<ExpertState>>,
-    ApiJson(req): ApiJson<GenerateRequest>,
-) -> std::result::Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let req = validate(&s, req)?;
-    let Ok(queue_permit) = s.queue.clone().try_acquire_owned() else {
+    request: ValidRequest,
+    arrived: Instant,
+) -> std::result::Result<UnboundedReceiver<Event>, ApiError> {
+    let Ok(permit) = s.queue.clone().try_acquire_owned() else {
         metrics::counter!("expert_rejected_total").increment(1);
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -411,81 +314,216 @@ async fn generate_handler(
             ),
         });
     };
-    let mode = req.mode.name();
-    metrics::counter!("expert_requests_total", "mode" => mode).increment(1);
-    let (tx, mut rx) = mpsc::channel::<Msg>(64);
-    let state = s.clone();
-    let stream = req.stream;
-    tokio::spawn(async move {
-        let _queue_permit = queue_permit;
-        let _admitted = GaugeGuard::new("expert_admitted_requests");
-        let Ok(_worker) = state.workers.clone().acquire_owned().await else {
-            return;
-        };
-        let _active = GaugeGuard::new("expert_active_sequences");
-        let queue_ms = arrived.elapsed().as_secs_f64() * 1e3;
-        let st = state.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let r = run_generation(&st, &req, &tx);
-            (r, tx, req.weights)
+    metrics::counter!("expert_requests_total", "mode" => request.mode.name()).increment(1);
+    let (events, rx) = mpsc::unbounded_channel();
+    s.jobs
+        .send(Job {
+            request,
+            events,
+            arrived,
+            permit,
         })
-        .await;
-        let Ok((result, tx, weights)) = result else {
-            return;
-        };
-        let msg = match result {
-            Ok(g) => {
-                if g.generation.finish_reason == FinishReason::Cancelled {
-                    metrics::counter!("expert_cancelled_total").increment(1);
-                }
-                metrics::counter!("expert_generated_tokens_total", "mode" => mode)
-                    .increment(g.generation.tokens.len() as u64);
-                metrics::histogram!("expert_request_seconds", "mode" => mode)
-                    .record(arrived.elapsed().as_secs_f64());
-                Msg::Done(final_record(&g, weights, queue_ms))
-            }
-            Err(e) => {
-                let api: ApiError = e.into();
-                Msg::Error(api.body)
-            }
-        };
-        let _ = tx.send(msg).await;
-    });
+        .map_err(|_| ApiError::internal("the batching engine has stopped"))?;
+    Ok(rx)
+}
 
+fn failed_body(message: String) -> ErrorBody {
+    ErrorBody::new(message, "server_error", "generation_failed")
+}
+
+async fn generate_handler(
+    State(s): State<Arc<ExpertState>>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> std::result::Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let stream = req.stream;
+    let rx = submit(&s, validate(&s.registry, req)?, arrived)?;
     if stream {
         let events = futures_util::stream::unfold(rx, |mut rx| async move {
-            let msg = rx.recv().await?;
-            let ev = match &msg {
-                Msg::Token(t) => Event::default().event("token").json_data(t),
-                Msg::Done(f) => Event::default().event("done").json_data(f),
-                Msg::Error(e) => Event::default().event("error").json_data(e),
+            let ev = match rx.recv().await? {
+                Event::Token(t) => SseEvent::default().event("token").json_data(t),
+                Event::Done(f) => SseEvent::default().event("done").json_data(f),
+                Event::Failed(m) => SseEvent::default().event("error").json_data(failed_body(m)),
             }
-            .unwrap_or_else(|_| Event::default().event("error").data("serialisation failed"));
+            .unwrap_or_else(|_| {
+                SseEvent::default()
+                    .event("error")
+                    .data("serialisation failed")
+            });
             Some((Ok::<_, Infallible>(ev), rx))
         });
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
+    let (text, record) = collect(rx).await?;
+    Ok(Json(GenerateResponse { text, record }).into_response())
+}
+
+/// Waits for the whole generation.
+async fn collect(
+    mut rx: UnboundedReceiver<Event>,
+) -> std::result::Result<(String, FinalRecord), ApiError> {
     let mut text = String::new();
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Token(t) => text.push_str(&t.text),
-            Msg::Done(record) => return Ok(Json(GenerateResponse { text, record }).into_response()),
-            Msg::Error(body) => {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Token(t) => text.push_str(&t.text),
+            Event::Done(record) => return Ok((text, record)),
+            Event::Failed(m) => {
                 return Err(ApiError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
-                    body,
+                    body: failed_body(m),
                 });
             }
         }
     }
-    Err(ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        body: ErrorBody::new(
-            "generation ended without a result",
-            "server_error",
-            "internal",
+    Err(ApiError::internal("generation ended without a result"))
+}
+
+/// `POST /v1/chat/completions` on one served model, in OpenAI's request and response
+/// shapes (what OpenAI-compatible proxies expect of an upstream). Unknown fields are
+/// ignored, as OpenAI-compatible servers do; fusion modes are reached through
+/// `/v1/generate`.
+#[derive(Debug, serde::Deserialize)]
+struct OpenAiChatRequest {
+    model: String,
+    messages: Vec<OpenAiMessage>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<OpenAiStop>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OpenAiMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum OpenAiStop {
+    One(String),
+    Many(Vec<String>),
+}
+
+async fn chat_completions(
+    State(s): State<Arc<ExpertState>>,
+    ApiJson(req): ApiJson<OpenAiChatRequest>,
+) -> std::result::Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let defaults = protocol::Sampling::default();
+    let sampling = protocol::Sampling {
+        // OpenAI's default temperature is 1.
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p,
+        seed: req.seed.unwrap_or(defaults.seed),
+        max_tokens: req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(defaults.max_tokens),
+        stop: match req.stop {
+            None => Vec::new(),
+            Some(OpenAiStop::One(s)) => vec![s],
+            Some(OpenAiStop::Many(v)) => v,
+        },
+        ..defaults
+    };
+    let model = req.model.clone();
+    let generate = GenerateRequest {
+        mode: FusionMode::Single { model: req.model },
+        prompt: None,
+        messages: Some(
+            req.messages
+                .into_iter()
+                .map(|m| protocol::ChatMessage {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect(),
         ),
-    })
+        sampling,
+        stream: req.stream,
+        return_routing_weights: false,
+    };
+    let rx = submit(&s, validate(&s.registry, generate)?, arrived)?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if req.stream {
+        let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
+            serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+        };
+        let first = chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        );
+        let head = futures_util::stream::once(async move {
+            Ok::<_, Infallible>(SseEvent::default().data(first.to_string()))
+        });
+        let body = futures_util::stream::unfold(Some(rx), move |rx| {
+            let chunk = chunk.clone();
+            async move {
+                let mut rx = rx?;
+                let (data, rx) = match rx.recv().await? {
+                    Event::Token(t) => (
+                        vec![chunk(serde_json::json!({"content": t.text}), None).to_string()],
+                        Some(rx),
+                    ),
+                    Event::Done(f) => (
+                        vec![
+                            chunk(serde_json::json!({}), Some(&f.finish_reason)).to_string(),
+                            "[DONE]".to_string(),
+                        ],
+                        None,
+                    ),
+                    Event::Failed(m) => (
+                        vec![serde_json::json!({"error": failed_body(m).error}).to_string()],
+                        None,
+                    ),
+                };
+                let events = data
+                    .into_iter()
+                    .map(|d| Ok::<_, Infallible>(SseEvent::default().data(d)));
+                Some((futures_util::stream::iter(events), rx))
+            }
+        })
+        .flatten();
+        return Ok(Sse::new(head.chain(body))
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let (text, record) = collect(rx).await?;
+    let usage = &record.usage;
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": record.finish_reason,
+        }],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+    }))
+    .into_response())
 }

@@ -375,8 +375,8 @@ mod fusion {
             assert_eq!(
                 tokens(
                     Fusion::Ensemble {
-                        models: &models,
-                        weights: &[1.0, 0.0]
+                        models: models.to_vec(),
+                        weights: vec![1.0, 0.0]
                     },
                     &ids
                 ),
@@ -385,8 +385,8 @@ mod fusion {
             assert_eq!(
                 tokens(
                     Fusion::Ensemble {
-                        models: &models,
-                        weights: &[0.0, 1.0]
+                        models: models.to_vec(),
+                        weights: vec![0.0, 1.0]
                     },
                     &ids
                 ),
@@ -396,7 +396,7 @@ mod fusion {
                 assert_eq!(
                     tokens(
                         Fusion::BtmToken {
-                            models: &models,
+                            models: models.to_vec(),
                             router: &to_a,
                             hard
                         },
@@ -407,7 +407,7 @@ mod fusion {
                 assert_eq!(
                     tokens(
                         Fusion::BtmToken {
-                            models: &models,
+                            models: models.to_vec(),
                             router: &to_b,
                             hard
                         },
@@ -419,7 +419,7 @@ mod fusion {
             assert_eq!(
                 tokens(
                     Fusion::BtmLayer {
-                        models: &models,
+                        models: models.to_vec(),
                         mixer: &mix_a
                     },
                     &ids
@@ -431,6 +431,125 @@ mod fusion {
             differ,
             "the two experts should answer differently somewhere"
         );
+    }
+
+    /// Continuous batching: sequences of every mode, with different prompts, joining at
+    /// different steps and leaving when they end, decode together through `step_batch`
+    /// and produce exactly what each produces alone.
+    #[test]
+    fn continuous_batch_equals_each_sequence_alone() {
+        use experts::fusion::{Decoding, FusedSequence, new_router_vars, step_batch};
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let cfg = RouterConfig {
+            kind: "btm_token".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: a.decoder.config().hidden_size,
+            router_hidden: 8,
+        };
+        let varmap = candle_nn::VarMap::new();
+        let router = new_router_vars(&cfg, &varmap, &Device::Cpu).unwrap();
+        let layers = a.decoder.config().num_hidden_layers;
+        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+        let mixer = LayerMixer::constant(&[0.6, 0.4], layers, names, &Device::Cpu).unwrap();
+        let ps = prompts(&a);
+        let jobs: Vec<(Fusion<'_>, &Vec<u32>, usize)> = vec![
+            (Fusion::Single(&a), &ps[0], 24),
+            (Fusion::Single(&b), &ps[1], 7),
+            (
+                Fusion::Ensemble {
+                    models: models.to_vec(),
+                    weights: vec![0.5, 0.5],
+                },
+                &ps[2],
+                24,
+            ),
+            (
+                Fusion::BtmToken {
+                    models: models.to_vec(),
+                    router: &router,
+                    hard: false,
+                },
+                &ps[0],
+                12,
+            ),
+            (
+                Fusion::BtmLayer {
+                    models: models.to_vec(),
+                    mixer: &mixer,
+                },
+                &ps[1],
+                24,
+            ),
+            (
+                Fusion::BtmLayer {
+                    models: models.to_vec(),
+                    mixer: &mixer,
+                },
+                &ps[2],
+                5,
+            ),
+            (Fusion::Single(&a), &ps[2], 24),
+        ];
+        let params = |n: usize| SamplingParams {
+            max_tokens: n,
+            ..SamplingParams::default()
+        };
+        let alone: Vec<Vec<u32>> = jobs
+            .iter()
+            .map(|(f, ids, n)| {
+                generate_fused(f.clone(), ids, &params(*n), |_, _| true)
+                    .unwrap()
+                    .generation
+                    .tokens
+            })
+            .collect();
+
+        // Sequence i joins at step i; all running ones decode together each step.
+        let mut running: Vec<(usize, FusedSequence<'_>, Decoding<'_>, Option<u32>)> = Vec::new();
+        let mut done: Vec<Option<Vec<u32>>> = vec![None; jobs.len()];
+        let mut max_batch = 0;
+        for step in 0.. {
+            if let Some((f, ids, n)) = jobs.get(step) {
+                let mut d = Decoding::new(f, ids, &params(*n)).unwrap();
+                let mut seq = FusedSequence::new(f.clone()).unwrap();
+                let out = seq.step(ids).unwrap();
+                let next = d.advance(&out, |_, _| true).unwrap();
+                running.push((step, seq, d, next));
+            }
+            let live: Vec<usize> = (0..running.len())
+                .filter(|&i| running[i].3.is_some())
+                .collect();
+            max_batch = max_batch.max(live.len());
+            if !live.is_empty() {
+                let tokens: Vec<u32> = live.iter().map(|&i| running[i].3.unwrap()).collect();
+                let mut seqs: Vec<&mut FusedSequence<'_>> = running
+                    .iter_mut()
+                    .filter(|r| r.3.is_some())
+                    .map(|r| &mut r.1)
+                    .collect();
+                let outs = step_batch(&mut seqs, &tokens).unwrap();
+                for (r, out) in running.iter_mut().filter(|r| r.3.is_some()).zip(&outs) {
+                    r.3 = r.2.advance(out, |_, _| true).unwrap();
+                }
+            }
+            let mut i = 0;
+            while i < running.len() {
+                if running[i].3.is_none() {
+                    let (k, _, d, _) = running.swap_remove(i);
+                    done[k] = Some(d.finish(|_, _| true).generation.tokens);
+                } else {
+                    i += 1;
+                }
+            }
+            if step >= jobs.len() && running.is_empty() {
+                break;
+            }
+        }
+        assert!(max_batch >= 4, "the batch never grew: {max_batch}");
+        for (i, (want, got)) in alone.iter().zip(&done).enumerate() {
+            assert_eq!(Some(want), got.as_ref(), "sequence {i}");
+        }
     }
 
     #[test]
@@ -446,8 +565,8 @@ mod fusion {
         assert_eq!(single.cost, 1.0);
         let ens = generate_fused(
             Fusion::Ensemble {
-                models: &models,
-                weights: &[3.0, 1.0],
+                models: models.to_vec(),
+                weights: vec![3.0, 1.0],
             },
             ids,
             &params,
@@ -460,8 +579,8 @@ mod fusion {
 
         let bad = generate_fused(
             Fusion::Ensemble {
-                models: &models,
-                weights: &[1.0],
+                models: models.to_vec(),
+                weights: vec![1.0],
             },
             ids,
             &params,
@@ -472,7 +591,7 @@ mod fusion {
         let wrong = LayerMixer::constant(&[1.0, 0.0], 7, names, &Device::Cpu).unwrap();
         let bad = generate_fused(
             Fusion::BtmLayer {
-                models: &models,
+                models: models.to_vec(),
                 mixer: &wrong,
             },
             ids,
@@ -528,7 +647,7 @@ mod routers {
         };
         let g = generate_fused(
             Fusion::BtmToken {
-                models: &models,
+                models: models.to_vec(),
                 router: &router,
                 hard: false,
             },
@@ -545,7 +664,7 @@ mod routers {
         );
         generate_fused(
             Fusion::BtmLayer {
-                models: &models,
+                models: models.to_vec(),
                 mixer: &mixer,
             },
             &ids,

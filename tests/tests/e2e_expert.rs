@@ -30,12 +30,12 @@ impl Drop for Expert {
     }
 }
 
-fn start(dir: &Path, models: &Path, max_queue: usize, workers: usize) -> Expert {
+fn start(dir: &Path, models: &Path, max_queue: usize, max_batch: usize) -> Expert {
     let config = dir.join(format!("experts-{max_queue}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "experts:\n  models:\n    foundation: {m}/foundation\n    sft-sop: {m}/sft-sop\n  max_queue: {max_queue}\n  workers: {workers}\n",
+            "experts:\n  models:\n    foundation: {m}/foundation\n    sft-sop: {m}/sft-sop\n  max_queue: {max_queue}\n  max_batch: {max_batch}\n",
             m = models.display()
         ),
     )
@@ -112,7 +112,7 @@ fn metric(client: &reqwest::blocking::Client, url: &str, name: &str) -> f64 {
 fn expert_process_serves_concurrent_streams_and_rejects_bad_requests() {
     let models = models();
     let dir = tempfile::tempdir().unwrap();
-    let expert = start(dir.path(), &models, 64, 4);
+    let expert = start(dir.path(), &models, 64, 16);
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
@@ -168,6 +168,59 @@ fn expert_process_serves_concurrent_streams_and_rejects_bad_requests() {
         assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
         assert_eq!(done["cost"]["forwards_per_token"].as_f64(), Some(1.0));
     }
+    // They were decoded together: the engine's largest step batch held several of them.
+    let largest = metric(&client, &expert.url, "expert_batch_size{quantile=\"1\"}");
+    assert!(largest >= 4.0, "largest decode batch {largest}");
+
+    // The OpenAI-shaped endpoint on one model: the same text, JSON and streamed.
+    let chat = serde_json::json!({
+        "model": "sft-sop",
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "user": "ignored-field",
+    });
+    let v: serde_json::Value = client
+        .post(format!("{}/v1/chat/completions", expert.url))
+        .json(&chat)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], expected[0].as_str());
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let mut streamed = chat.clone();
+    streamed["stream"] = true.into();
+    let body = client
+        .post(format!("{}/v1/chat/completions", expert.url))
+        .json(&streamed)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut text = String::new();
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        text.push_str(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(text, expected[0]);
+    let r = client
+        .post(format!("{}/v1/chat/completions", expert.url))
+        .json(
+            &serde_json::json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
     // A client that disconnects mid-stream frees its slot: its generation is cancelled
     // (counted in /metrics) and no sequence stays active. A sampled sequence may end by

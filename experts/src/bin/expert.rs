@@ -176,7 +176,7 @@ fn run_serve(args: &ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let state =
             tokio::task::spawn_blocking(move || experts::server::ExpertState::load(&cfg)).await??;
-        tracing::info!(models = ?state.models.keys().collect::<Vec<_>>(), "models loaded");
+        tracing::info!(models = ?state.model_names(), "models loaded");
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

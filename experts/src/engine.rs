@@ -1,0 +1,326 @@
+//! The batching engine of the expert process: one thread that owns every generating
+//! sequence and runs **continuous batching** at the decode step.
+//!
+//! Each turn of its loop:
+//! 1. admits waiting jobs until `max_batch` sequences are active — a new sequence's prompt
+//!    is prefilled alone, its first token sampled and streamed;
+//! 2. drops sequences whose client has gone away (their KV caches are freed with them);
+//! 3. runs one decode step for all active sequences together through
+//!    [`step_batch`] (one batched forward per model, different models in parallel);
+//! 4. streams each sequence's new text and retires the ones that ended, sending their
+//!    final record.
+//!
+//! Prefill is not chunked: a long prompt delays the running sequences' next step by its
+//! prefill time.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use protocol::{Cost, FinalRecord, FusionMode, Timings, TokenEvent, Usage};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::{ExpertError, Result};
+use crate::fusion::{Decoding, FusedGeneration, FusedSequence, Fusion, StepOutput, step_batch};
+use crate::generate::{FinishReason, SamplingParams};
+use crate::server::Registry;
+
+/// A request checked against what the process serves, ready to run.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub mode: FusionMode,
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    /// Stream the per-token mixing weights.
+    pub weights: bool,
+}
+
+/// What the engine sends back for one request.
+#[derive(Debug)]
+pub enum Event {
+    Token(TokenEvent),
+    Done(FinalRecord),
+    /// The generation failed inside the engine.
+    Failed(String),
+}
+
+/// One admitted request.
+#[derive(Debug)]
+pub struct Job {
+    pub request: ValidRequest,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+    /// The admission slot, released when the sequence retires.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Binds a wire mode to the registry's models, router and mixer.
+pub fn build_fusion<'r>(reg: &'r Registry, mode: &FusionMode) -> Result<Fusion<'r>> {
+    let models =
+        mode.models()
+            .iter()
+            .map(|n| {
+                reg.models.get(*n).map(AsRef::as_ref).ok_or_else(|| {
+                    ExpertError::InvalidRequest(format!("model {n:?} is not served"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+    let pick = |name: &Option<String>| name.clone().unwrap_or_else(|| "default".into());
+    Ok(match mode {
+        FusionMode::Single { .. } => Fusion::Single(
+            models
+                .first()
+                .copied()
+                .ok_or_else(|| ExpertError::InvalidRequest("no model".into()))?,
+        ),
+        FusionMode::Ensemble { weights, .. } => Fusion::Ensemble {
+            weights: weights.clone().unwrap_or_else(|| vec![1.0; models.len()]),
+            models,
+        },
+        FusionMode::BtmToken { router, hard, .. } => {
+            let name = pick(router);
+            Fusion::BtmToken {
+                router: reg.routers.get(&name).ok_or_else(|| {
+                    ExpertError::InvalidRequest(format!(
+                        "no btm_token router {name:?} is loaded (train one with train_router)"
+                    ))
+                })?,
+                hard: *hard,
+                models,
+            }
+        }
+        FusionMode::BtmLayer { coefficients, .. } => {
+            let name = pick(coefficients);
+            Fusion::BtmLayer {
+                mixer: reg.mixers.get(&name).ok_or_else(|| {
+                    ExpertError::InvalidRequest(format!(
+                        "no btm_layer coefficients {name:?} are loaded (train them with train_router)"
+                    ))
+                })?,
+                models,
+            }
+        }
+    })
+}
+
+/// Starts the engine thread; jobs are sent through the returned channel. The thread ends
+/// when every sender is gone and no sequence is left.
+pub fn start(registry: Arc<Registry>, max_batch: usize) -> Result<Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let max_batch = max_batch.max(1);
+    std::thread::Builder::new()
+        .name("expert-engine".into())
+        .spawn(move || {
+            // A panic drops the sequences of that moment (their clients see the stream
+            // end with an error); the engine goes on serving.
+            while std::panic::catch_unwind(AssertUnwindSafe(|| run(&registry, &rx, max_batch)))
+                .is_err()
+            {
+                tracing::error!("the batching engine panicked; its running sequences were lost");
+                metrics::counter!("expert_engine_panics_total").increment(1);
+            }
+        })
+        .map_err(|e| ExpertError::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
+    Ok(tx)
+}
+
+/// A sequence being generated.
+struct Active<'r> {
+    seq: FusedSequence<'r>,
+    decoding: Decoding<'r>,
+    /// The token to feed at the next step; `None` once the sequence has ended.
+    next: Option<u32>,
+    failed: bool,
+    events: UnboundedSender<Event>,
+    want_weights: bool,
+    mode: &'static str,
+    arrived: Instant,
+    queue_ms: f64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Active<'_> {
+    /// Samples from a step's output and streams the new text.
+    fn advance(&mut self, out: &StepOutput) {
+        let (events, want) = (&self.events, self.want_weights);
+        let r = self.decoding.advance(out, |piece, w| {
+            events
+                .send(Event::Token(TokenEvent {
+                    text: piece.to_string(),
+                    weights: (want && !w.is_empty()).then(|| w.to_vec()),
+                }))
+                .is_ok()
+        });
+        self.next = match r {
+            Ok(next) => next,
+            Err(e) => {
+                self.fail(&e.to_string());
+                None
+            }
+        };
+    }
+
+    fn fail(&mut self, message: &str) {
+        let _ = self.events.send(Event::Failed(message.to_string()));
+        self.failed = true;
+        self.decoding.cancel();
+        self.next = None;
+    }
+
+    /// Sends the final record (the sequence's caches are freed when `self` drops).
+    fn retire(self) {
+        if self.failed {
+            return;
+        }
+        let events = &self.events;
+        let g = self.decoding.finish(|piece, _| {
+            events
+                .send(Event::Token(TokenEvent {
+                    text: piece.to_string(),
+                    weights: None,
+                }))
+                .is_ok()
+        });
+        if g.generation.finish_reason == FinishReason::Cancelled {
+            metrics::counter!("expert_cancelled_total").increment(1);
+        }
+        metrics::counter!("expert_generated_tokens_total", "mode" => self.mode)
+            .increment(g.generation.tokens.len() as u64);
+        metrics::histogram!("expert_request_seconds", "mode" => self.mode)
+            .record(self.arrived.elapsed().as_secs_f64());
+        let _ = events.send(Event::Done(final_record(
+            &g,
+            self.want_weights,
+            self.queue_ms,
+        )));
+    }
+}
+
+/// Builds the sequence of a job, prefills its prompt and samples its first token.
+fn admit(reg: &Registry, job: Job) -> Option<Active<'_>> {
+    let queue_ms = job.arrived.elapsed().as_secs_f64() * 1e3;
+    let Job {
+        request,
+        events,
+        arrived,
+        permit,
+    } = job;
+    let prepared = build_fusion(reg, &request.mode).and_then(|fusion| {
+        let decoding = Decoding::new(&fusion, &request.prompt_ids, &request.params)?;
+        Ok((FusedSequence::new(fusion)?, decoding))
+    });
+    let (seq, decoding) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = events.send(Event::Failed(e.to_string()));
+            return None;
+        }
+    };
+    let mut active = Active {
+        seq,
+        decoding,
+        next: None,
+        failed: false,
+        events,
+        want_weights: request.weights,
+        mode: request.mode.name(),
+        arrived,
+        queue_ms,
+        _permit: permit,
+    };
+    let started = Instant::now();
+    match active.seq.step(&request.prompt_ids) {
+        Ok(out) => {
+            active
+                .decoding
+                .set_prefill_seconds(started.elapsed().as_secs_f64());
+            active.advance(&out);
+        }
+        Err(e) => active.fail(&e.to_string()),
+    }
+    Some(active)
+}
+
+fn run(reg: &Registry, jobs: &Receiver<Job>, max_batch: usize) {
+    let mut active: Vec<Active<'_>> = Vec::new();
+    loop {
+        while active.len() < max_batch {
+            let job = if active.is_empty() {
+                match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            };
+            if let Some(a) = admit(reg, job) {
+                active.push(a);
+            }
+        }
+        for a in &mut active {
+            if a.next.is_some() && a.events.is_closed() {
+                a.decoding.cancel();
+                a.next = None;
+            }
+        }
+        let tokens: Vec<u32> = active.iter().filter_map(|a| a.next).collect();
+        metrics::gauge!("expert_active_sequences").set(tokens.len() as f64);
+        if !tokens.is_empty() {
+            metrics::histogram!("expert_batch_size").record(tokens.len() as f64);
+            let mut seqs: Vec<&mut FusedSequence<'_>> = active
+                .iter_mut()
+                .filter(|a| a.next.is_some())
+                .map(|a| &mut a.seq)
+                .collect();
+            let stepped = step_batch(&mut seqs, &tokens);
+            drop(seqs);
+            let running = active.iter_mut().filter(|a| a.next.is_some());
+            match stepped {
+                Ok(outs) => running.zip(&outs).for_each(|(a, out)| a.advance(out)),
+                Err(e) => running.for_each(|a| a.fail(&format!("decode step failed: {e}"))),
+            }
+        }
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].next.is_none() {
+                active.swap_remove(i).retire();
+            } else {
+                i += 1;
+            }
+        }
+        metrics::gauge!("expert_active_sequences").set(active.len() as f64);
+    }
+}
+
+/// The final record of a generation.
+pub fn final_record(g: &FusedGeneration, want_weights: bool, queue_ms: f64) -> FinalRecord {
+    let gen_ = &g.generation;
+    let n = gen_.prompt_tokens + gen_.tokens.len();
+    FinalRecord {
+        finish_reason: match gen_.finish_reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+        .into(),
+        usage: Usage {
+            prompt_tokens: gen_.prompt_tokens,
+            completion_tokens: gen_.tokens.len(),
+        },
+        cost: Cost {
+            forwards_per_token: g.cost,
+            total_token_forwards: (n as f64 * f64::from(g.cost)) as u64,
+        },
+        timings: Timings {
+            queue_ms,
+            prefill_ms: gen_.prefill_seconds * 1e3,
+            decode_ms: gen_.decode_seconds * 1e3,
+        },
+        routing_weights: (want_weights && g.cost > 1.0).then(|| g.routing_weights.clone()),
+    }
+}
