@@ -52,7 +52,7 @@ experts:
     sft-sop: {m}/sft-sop
   routers: {{default: {m}/routers/btm_token}}
   mixers: {{default: {m}/routers/btm_layer}}
-  workers: 2
+  max_batch: 16
 gateway:
   listen: 127.0.0.1:0
   hint_trust: {trust}
