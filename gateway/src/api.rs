@@ -727,7 +727,8 @@ async fn chat_completions(
         prompt: None,
         messages: Some(chat.messages.clone()),
         sampling: chat.sampling.clone(),
-        stream: true,
+        // A non-streamed answer is fetched whole from the expert too (one write there).
+        stream: chat.stream,
         return_routing_weights: false,
     };
     let timeout = state.timeout();

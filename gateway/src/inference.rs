@@ -192,11 +192,13 @@ impl Session {
         }
     }
 
-    /// Generates with `mode`, handing each piece of text to `on_token`.
+    /// Generates with `mode`, handing each piece of text to `on_token` as it comes
+    /// (`stream`), or all of it at the end.
     pub async fn generate(
         &self,
         mode: FusionMode,
         prompt: &str,
+        stream: bool,
         mut on_token: impl FnMut(&str),
     ) -> Result<(String, FinalRecord)> {
         let request = GenerateRequest {
@@ -207,7 +209,7 @@ impl Session {
                 content: prompt.to_string(),
             }]),
             sampling: self.sampling(),
-            stream: true,
+            stream,
             return_routing_weights: false,
         };
         let mut events = self.dispatcher.generate(request).await?;
@@ -233,7 +235,7 @@ impl Session {
             return Err(GatewayError::BadRequest("--prompt is empty".into()));
         }
         let (_, mut routing, mode) = self.route(prompt)?;
-        let (text, record) = self.generate(mode, prompt, on_token).await?;
+        let (text, record) = self.generate(mode, prompt, true, on_token).await?;
         routing.cost = record.cost.forwards_per_token;
         Ok(Answer {
             text,
@@ -344,7 +346,7 @@ impl Session {
             if !matches!(mode, FusionMode::Single { .. }) {
                 fused += 1;
             }
-            let (text, record) = self.generate(mode, &item.prompt, |_| {}).await?;
+            let (text, record) = self.generate(mode, &item.prompt, false, |_| {}).await?;
             scores.push((item.label, item.score(&text)));
             cost += f64::from(record.cost.forwards_per_token);
             tokens += record.usage.completion_tokens;

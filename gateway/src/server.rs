@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use classifier::Classifier;
 use tokio::net::TcpListener;
 
@@ -67,6 +68,12 @@ pub async fn run(config: GatewayConfig, listen: Option<SocketAddr>) -> Result<()
 
     eprintln!("listening on http://{address}");
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    // Small SSE writes go out at once instead of waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async {
         shutdown_signal().await;
         tracing::info!("shutting down: draining open requests");
