@@ -10,7 +10,8 @@
 //!
 //! Module map: [`config`] (the validated config), [`error`] (the one error enum and its
 //! HTTP mapping), [`feedback`] (ratings in SQLite), [`telemetry`] (metrics), [`server`]
-//! (bind, start, serve, shut down).
+//! (bind, start, serve, shut down), [`inference`] (what `hybrid_inference` does: one prompt,
+//! or an eval file under every strategy).
 
 pub mod api;
 pub mod backend;

@@ -10,6 +10,8 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors are `{"error": {"message", "type", "code"}}` ([`ErrorBody`]) with a 4xx/5xx status.
+//!
+//! [`quality`] holds the pure-text eval metrics both sides use (no model code).
 
 use serde::{Deserialize, Serialize};
 
