@@ -7,3 +7,15 @@ cd "$(dirname "$0")/.."
 cargo build -p classifier --lib --target wasm32-unknown-unknown --no-default-features --profile wasm
 wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/wasm/classifier.wasm
 ls -l web/pkg/classifier_bg.wasm >&2
+
+# The learned checkpoint for the page and its offline cache: copied next to the page (web/
+# is what the gateway serves at /), when one has been trained (train_classifier writes
+# hybrid.classifier.checkpoint_dir, ./models/checkpoints/classifier by default).
+ckpt=${CLASSIFIER_CHECKPOINT:-models/checkpoints/classifier}
+if [ -f "$ckpt/classifier.json" ] && [ -f "$ckpt/model.safetensors" ]; then
+    mkdir -p web/checkpoint
+    cp "$ckpt/classifier.json" "$ckpt/model.safetensors" web/checkpoint/
+    echo "learned checkpoint copied from $ckpt to web/checkpoint/" >&2
+else
+    echo "no learned checkpoint at $ckpt: the page offers the rule-based classifier only" >&2
+fi

@@ -17,6 +17,21 @@ fi
 
 command -v node >/dev/null || { echo "node is required (wasm tests run under node)" >&2; exit 1; }
 
+# --- web: chromium and the npm packages of tests/browser (browser and edge-worker tests) ---
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo -n true 2>/dev/null || { echo "chromium is missing; installing it needs root: apt-get install -y chromium" >&2; exit 1; }
+        as_root=(sudo -n)
+    fi
+    "${as_root[@]}" apt-get update
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+fi
+if [ ! tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund
+fi
+# --- end web ---
+
 # >>> gateway: python clients (openai compatibility test) >>>
 # The official `openai` client, pinned, in target/pyenv (tests/tests/e2e_openai_client.rs).
 OPENAI_VERSION=3.51.0

@@ -9,7 +9,8 @@
 //!   the top-1 expert's distribution is used alone (`hard`: "some tokens from A, some from B");
 //! - `btm_layer(models, coefficients)`: for same-shaped experts, the residual streams are
 //!   mixed after the embedding and after every layer with learned per-layer coefficients;
-//!   expert 0's final norm and LM head read the mixed stream.
+//!   each expert's final norm and LM head read the mixed stream and their logits are mixed
+//!   with the last layer's coefficients (so `(0, 1)` everywhere is exactly expert 1).
 //!
 //! Every mode reports its cost in model forwards per token (one per expert it runs). The
 //! experts' forwards of one step run in parallel threads.
@@ -318,12 +319,35 @@ fn expert_steps(
 }
 
 /// Mixes residual streams with one row of layer coefficients.
-fn mix_streams(streams: &[Tensor], row: &[f32]) -> Result<Tensor> {
+pub(crate) fn mix_streams(streams: &[Tensor], row: &[f32]) -> Result<Tensor> {
     let mut acc = (&streams[0] * f64::from(row[0]))?;
     for (s, &w) in streams.iter().zip(row).skip(1) {
         acc = (acc + (s * f64::from(w))?)?;
     }
     Ok(acc)
+}
+
+/// The shared head of `btm_layer`: every expert's final norm and LM head read the mixed
+/// stream `h`, and their logits are mixed with the last layer's coefficients `row`. With
+/// one expert's coefficients at 1 everywhere the mode is exactly that expert.
+pub(crate) fn mixed_head(
+    models: &[&LoadedModel],
+    h: &Tensor,
+    row: &[f32],
+    path: Path,
+) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (m, &w) in models.iter().zip(row) {
+        if w == 0.0 {
+            continue;
+        }
+        let term = (m.decoder.head(h, path)? * f64::from(w))?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    acc.ok_or_else(|| ExpertError::InvalidRequest("all layer coefficients are zero".into()))
 }
 
 /// The mean coefficient of each expert over the layers (what `btm_layer` reports).
@@ -359,9 +383,7 @@ fn layer_mixed_step(
     }
     let t = h.dim(1)?;
     let last = h.narrow(1, t - 1, 1)?.contiguous()?;
-    let logits = models[0]
-        .decoder
-        .head(&last, Path::Fused)?
+    let logits = mixed_head(models, &last, &weights[layers], Path::Fused)?
         .squeeze(0)?
         .squeeze(0)?
         .to_dtype(DType::F32)?;
@@ -605,9 +627,8 @@ pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result
             let outs = in_parallel(jobs, |(m, caches)| m.decoder.layer_ragged(l, &h, caches))?;
             h = mix_streams(&outs, &weights[l + 1])?;
         }
-        let logits = b.models[0]
-            .decoder
-            .head(&h, Path::Fused)?
+        let last_row = &weights[weights.len() - 1];
+        let logits = mixed_head(&b.models, &h, last_row, Path::Fused)?
             .squeeze(1)?
             .to_dtype(DType::F32)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;

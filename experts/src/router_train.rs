@@ -22,7 +22,9 @@ use crate::chat::ChatTemplate;
 use crate::corpus;
 use crate::error::{ExpertError, Result};
 use crate::forge::{CHAT_TEMPLATE, chat_document, set_vars_seeded, write_json};
-use crate::fusion::{RouterConfig, new_router_vars};
+use crate::fusion::{
+    LayerMixer, RouterConfig, TokenRouter, mix_streams, mixed_head, new_router_vars,
+};
 use crate::loader::LoadedModel;
 use crate::model::Path as NumPath;
 
@@ -296,7 +298,20 @@ pub fn train_layer_mixer(
                 .collect::<Result<_>>()?;
             h = mix(&outs, l + 1)?;
         }
-        let logits = models[0].decoder.head(&h, NumPath::Differentiable)?;
+        // Every expert's head reads the mixed stream; logits mixed with the last row.
+        let mut logits: Option<Tensor> = None;
+        for (e, m) in models.iter().enumerate() {
+            let we = w.narrow(0, layers, 1)?.narrow(1, e, 1)?.reshape(())?;
+            let term = m
+                .decoder
+                .head(&h, NumPath::Differentiable)?
+                .broadcast_mul(&we)?;
+            logits = Some(match logits {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+        let logits = logits.ok_or_else(|| ExpertError::Training("no experts".into()))?;
         let (b, t) = x.dims2()?;
         let loss =
             candle_nn::loss::cross_entropy(&logits.reshape((b * t, vocab))?, &y.reshape(b * t)?)?;
@@ -344,4 +359,96 @@ fn seed_vars(varmap: &VarMap, seed: u64) -> Result<()> {
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         }
     })
+}
+
+/// Mean negative log-likelihood per token of held-out chat documents of each domain
+/// (`reasoning`, `sop`, and `mixed` = both), teacher-forced, for each expert alone, their
+/// equal-weight ensemble, the token router's mixture and the layer-mixed model: the
+/// mixture likelihood the routers are trained for, measured on text no training saw.
+pub fn heldout_nll(
+    models: &[&LoadedModel],
+    names: &[String],
+    router: &TokenRouter,
+    mixer: &LayerMixer,
+    seed: u64,
+    n_docs: usize,
+) -> Result<serde_json::Value> {
+    let device = models[0].decoder.device().clone();
+    let template = ChatTemplate::new(CHAT_TEMPLATE);
+    let e = models.len();
+    let mut table = serde_json::Map::new();
+    let mut mixed: Vec<f64> = Vec::new();
+    let mut mixed_n = 0usize;
+    for (domain, set) in [
+        ("reasoning", corpus::reasoning_eval(seed, n_docs)),
+        ("sop", corpus::sop_eval(seed, n_docs)),
+    ] {
+        // Sums of -log p over target tokens: experts…, ensemble, btm_token, btm_layer.
+        let mut sums = vec![0f64; e + 3];
+        let mut n = 0usize;
+        for ex in &set {
+            let ids = models[0].tokenizer.encode(&chat_document(&template, ex)?)?;
+            if ids.len() < 2 {
+                continue;
+            }
+            let x = Tensor::new(&ids[..ids.len() - 1], &device)?.unsqueeze(0)?;
+            let y = Tensor::new(&ids[1..], &device)?.unsqueeze(0)?;
+            let (hidden, logp) = expert_features(models, &x, &y)?;
+            let logp = Tensor::cat(&logp, 1)?; // [t, E]
+            let t = logp.dim(0)?;
+            let lse = |m: &Tensor| -> Result<Tensor> {
+                let max = m.max_keepdim(1)?;
+                Ok((m.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?)
+            };
+            for (i, s) in sums.iter_mut().take(e).enumerate() {
+                *s -= f64::from(logp.narrow(1, i, 1)?.sum_all()?.to_scalar::<f32>()?);
+            }
+            let ens = (lse(&logp)? - (e as f64).ln())?;
+            sums[e] -= f64::from(ens.sum_all()?.to_scalar::<f32>()?);
+            let w = router.weights(&hidden)?;
+            let tok = lse(&(w.log()? + &logp)?)?;
+            sums[e + 1] -= f64::from(tok.sum_all()?.to_scalar::<f32>()?);
+            let weights: Vec<Vec<f32>> = mixer.weights()?.to_vec2()?;
+            let embeds: Vec<Tensor> = models
+                .iter()
+                .map(|m| m.decoder.embed(&x))
+                .collect::<Result<_>>()?;
+            let mut h = mix_streams(&embeds, &weights[0])?;
+            for l in 0..models[0].decoder.config().num_hidden_layers {
+                let outs: Vec<Tensor> = models
+                    .iter()
+                    .map(|m| m.decoder.layer(l, &h, None, 0, NumPath::Fused))
+                    .collect::<Result<_>>()?;
+                h = mix_streams(&outs, &weights[l + 1])?;
+            }
+            let logits =
+                mixed_head(models, &h, &weights[weights.len() - 1], NumPath::Fused)?.squeeze(0)?;
+            let lp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?
+                .gather(&y.squeeze(0)?.unsqueeze(1)?, 1)?;
+            sums[e + 2] -= f64::from(lp.sum_all()?.to_scalar::<f32>()?);
+            n += t;
+        }
+        if mixed.is_empty() {
+            mixed = vec![0.0; sums.len()];
+        }
+        for (m, s) in mixed.iter_mut().zip(&sums) {
+            *m += s;
+        }
+        mixed_n += n;
+        table.insert(domain.into(), nll_row(names, &sums, n));
+    }
+    table.insert("mixed".into(), nll_row(names, &mixed, mixed_n));
+    Ok(serde_json::Value::Object(table))
+}
+
+fn nll_row(names: &[String], sums: &[f64], n: usize) -> serde_json::Value {
+    let mut row = serde_json::Map::new();
+    let keys = names
+        .iter()
+        .map(String::as_str)
+        .chain(["ensemble", "btm_token", "btm_layer"]);
+    for (k, s) in keys.zip(sums) {
+        row.insert(k.into(), serde_json::json!(s / n.max(1) as f64));
+    }
+    serde_json::Value::Object(row)
 }

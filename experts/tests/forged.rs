@@ -355,8 +355,10 @@ mod fusion {
         let to_b = TokenRouter::forced(cfg, 1, &Device::Cpu).unwrap();
         let layers = a.decoder.config().num_hidden_layers;
         let names = vec!["foundation".to_string(), "sft-sop".to_string()];
-        // Expert 0's head reads the mixed stream ("one shared head"): (1, 0) is single(A).
-        let mix_a = LayerMixer::constant(&[1.0, 0.0], layers, names, &Device::Cpu).unwrap();
+        // The heads' logits are mixed with the last coefficients: (1, 0) is single(A) and
+        // (0, 1) is single(B).
+        let mix_a = LayerMixer::constant(&[1.0, 0.0], layers, names.clone(), &Device::Cpu).unwrap();
+        let mix_b = LayerMixer::constant(&[0.0, 1.0], layers, names, &Device::Cpu).unwrap();
         let mut differ = false;
         for ids in prompts(&a) {
             let single_a = tokens(Fusion::Single(&a), &ids);
@@ -425,6 +427,16 @@ mod fusion {
                     &ids
                 ),
                 single_a
+            );
+            assert_eq!(
+                tokens(
+                    Fusion::BtmLayer {
+                        models: models.to_vec(),
+                        mixer: &mix_b
+                    },
+                    &ids
+                ),
+                single_b
             );
         }
         assert!(
@@ -637,6 +649,18 @@ mod routers {
 
         let router = TokenRouter::load(&dir.path().join("t"), &Device::Cpu).unwrap();
         let mixer = LayerMixer::load(&dir.path().join("l"), &Device::Cpu).unwrap();
+        // On held-out mixed text the trained token router's mixture is more likely than
+        // either expert alone.
+        let heldout =
+            experts::router_train::heldout_nll(&models, &names, &router, &mixer, 777, 8).unwrap();
+        let mixed = &heldout["mixed"];
+        let tok = mixed["btm_token"].as_f64().unwrap();
+        for single in &names {
+            assert!(
+                tok < mixed[single.as_str()].as_f64().unwrap(),
+                "btm_token {tok} vs {single}: {heldout}"
+            );
+        }
         let ids = a
             .tokenizer
             .encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")

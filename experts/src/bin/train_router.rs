@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use clap::Parser;
+use experts::fusion::{LayerMixer, TokenRouter};
 use experts::loader::load_model;
-use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
+use experts::router_train::{
+    RouterTrainOptions, heldout_nll, train_layer_mixer, train_token_router,
+};
 
 /// Train the Branch-Train-Merge routers of two or more experts.
 #[derive(Debug, Parser)]
@@ -78,10 +81,35 @@ fn run(args: &Args) -> Result<()> {
         layer.seconds,
         layer.summary
     );
+    // Mixture likelihood on held-out text (another seed's eval documents).
+    let router = TokenRouter::load(&args.out.join("btm_token"), &Device::Cpu)?;
+    let mixer = LayerMixer::load(&args.out.join("btm_layer"), &Device::Cpu)?;
+    let heldout = heldout_nll(&models, &names, &router, &mixer, args.seed + 99, 40)?;
+    println!("\nheld-out NLL per token (lower is better):");
+    println!(
+        "| domain | {} | ensemble | btm_token | btm_layer |",
+        names.join(" | ")
+    );
+    println!("|---|{}---|---|---|", "---|".repeat(names.len()));
+    for domain in ["reasoning", "sop", "mixed"] {
+        let row = &heldout[domain];
+        let cells: Vec<String> = names
+            .iter()
+            .map(String::as_str)
+            .chain(["ensemble", "btm_token", "btm_layer"])
+            .map(|k| format!("{:.3}", row[k].as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        println!("| {domain} | {} |", cells.join(" | "));
+    }
+    std::fs::write(
+        args.out.join("heldout.json"),
+        serde_json::to_string_pretty(&heldout)?,
+    )
+    .with_context(|| format!("writing {}", args.out.join("heldout.json").display()))?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"btm_token": token, "btm_layer": layer})
+            serde_json::json!({"btm_token": token, "btm_layer": layer, "heldout_nll": heldout})
         );
     }
     Ok(())
