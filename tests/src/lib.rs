@@ -185,7 +185,21 @@ impl GatewayProcess {
 }
 
 impl Drop for GatewayProcess {
+    /// SIGTERM first, so that the gateway stops its expert processes (a SIGKILL would
+    /// orphan them); SIGKILL if it has not exited within 30 s.
     fn drop(&mut self) {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if term.is_ok_and(|s| s.success()) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

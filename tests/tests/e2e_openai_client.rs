@@ -85,4 +85,16 @@ fn the_official_openai_client_works_unchanged() {
 
     // A wrong key is an `openai.AuthenticationError` (401).
     assert_eq!(seen["auth_status"], 401, "{seen}");
+
+    // Stopped with SIGTERM, the gateway takes its expert process with it.
+    drop(gw);
+    let cfg = config.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&cfg))
+        .collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
 }
