@@ -31,3 +31,13 @@ if [ ! tests/browser/node_modules/.package-lock.json -nt tests/browser/package-l
     npm ci --prefix tests/browser --no-audit --no-fund
 fi
 # --- end web ---
+
+# >>> gateway: python clients (openai compatibility test) >>>
+# The official `openai` client, pinned, in target/pyenv (tests/tests/e2e_openai_client.rs).
+OPENAI_VERSION=3.51.0
+if ! target/pyenv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+    echo "installing the openai python client $OPENAI_VERSION into target/pyenv" >&2
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet "openai==$OPENAI_VERSION"
+fi
+# <<< gateway <<<

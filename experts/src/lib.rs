@@ -17,7 +17,7 @@ pub mod fusion;
 pub mod generate;
 pub mod loader;
 pub mod model;
-pub mod quality;
+pub use protocol::quality;
 pub mod router_train;
 pub mod serve_config;
 pub mod server;

@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use classifier::{Classification, Classifier};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -24,7 +24,7 @@ use protocol::{ChatMessage, FinalRecord, FusionMode, GenerateRequest, Sampling};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
@@ -33,10 +33,10 @@ use utoipa::{OpenApi, ToSchema};
 use crate::backend::{EventStream, ExpertBackend, ExpertEvent};
 use crate::config::{GatewayConfig, HintTrust};
 use crate::dispatch::Dispatcher;
-use crate::error::{GatewayError, Result};
+use crate::error::{GatewayError, LimitScope, Result};
 use crate::feedback::{FeedbackStore, RECENT_RESPONSES, RecentResponses, ResponseRecord};
 use crate::hint::{self, RouteHint};
-use crate::hybrid_router::{DynamicThresholdPolicy, Route, RoutingPolicy, ThresholdPolicy};
+use crate::hybrid_router::RoutingPolicy;
 use crate::telemetry::{self, InFlight};
 
 /// The model name that asks for hybrid routing.
@@ -57,6 +57,8 @@ pub struct AppState {
     recent: Mutex<RecentResponses>,
     permits: Arc<Semaphore>,
     key_digests: Vec<[u8; 32]>,
+    /// One semaphore per configured API key, index-aligned with `key_digests`.
+    key_permits: Vec<Arc<Semaphore>>,
     metrics: PrometheusHandle,
 }
 
@@ -78,27 +80,22 @@ impl AppState {
         feedback: Arc<FeedbackStore>,
         backends: Vec<Arc<dyn ExpertBackend>>,
     ) -> Self {
-        let routing = &config.hybrid.routing;
-        let policy: Arc<dyn RoutingPolicy> = match config.gateway.target_cost {
-            Some(target) => {
-                let mut p = DynamicThresholdPolicy::new(
-                    routing.confidence_threshold,
-                    target,
-                    config.gateway.fusion.models().len(),
-                );
-                p.enable_btm_fallback = routing.enable_btm_fallback;
-                Arc::new(p)
-            }
-            None => Arc::new(ThresholdPolicy::from(routing)),
-        };
+        let policy = crate::hybrid_router::policy_from_config(&config);
         let key_digests = config
             .gateway
             .api_keys
             .iter()
             .map(|k| sha256(k.as_bytes()))
             .collect();
+        let key_permits = config
+            .gateway
+            .api_keys
+            .iter()
+            .map(|_| Arc::new(Semaphore::new(config.gateway.per_key_limit())))
+            .collect();
         Self {
             permits: Arc::new(Semaphore::new(config.gateway.max_concurrent_requests)),
+            key_permits,
             config: Arc::new(config),
             classifier,
             policy,
@@ -120,6 +117,50 @@ impl AppState {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.config.gateway.request_timeout_s)
     }
+
+    /// Takes a slot of the request's API key (when auth is on), then one of the gateway;
+    /// either one full is a 429. The key's slot is taken first so that a client over its
+    /// share never holds a gateway slot, even briefly.
+    fn admit(&self, key: Option<ApiKeyId>) -> Result<Permits> {
+        let retry_after = Duration::from_secs(1);
+        let key = match key.and_then(|k| self.key_permits.get(k.0)) {
+            Some(sem) => Some(Arc::clone(sem).try_acquire_owned().map_err(|_| {
+                metrics::counter!("gateway_rejected_total", "limit" => "api_key").increment(1);
+                GatewayError::TooManyRequests {
+                    scope: LimitScope::ApiKey {
+                        limit: self.config.gateway.per_key_limit(),
+                    },
+                    retry_after,
+                }
+            })?),
+            None => None,
+        };
+        let gateway = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            metrics::counter!("gateway_rejected_total", "limit" => "gateway").increment(1);
+            GatewayError::TooManyRequests {
+                scope: LimitScope::Gateway {
+                    limit: self.config.gateway.max_concurrent_requests,
+                },
+                retry_after,
+            }
+        })?;
+        Ok(Permits {
+            _gateway: gateway,
+            _key: key,
+        })
+    }
+}
+
+/// The index of the API key a request authenticated with (set by the auth guard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyId(pub usize);
+
+/// The concurrency slots of one chat request; dropping it frees them. A stream holds it
+/// for its whole life.
+#[derive(Debug)]
+pub struct Permits {
+    _gateway: OwnedSemaphorePermit,
+    _key: Option<OwnedSemaphorePermit>,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -596,7 +637,6 @@ impl AppState {
     /// Classifies (or takes the hint) and decides the route.
     pub fn route(&self, chat: &ValidChat) -> Result<Routed> {
         let (c, hint_source) = self.resolve_classification(chat)?;
-        let g = &self.config.gateway;
         let (decision, mode) = match &chat.choice {
             ModelChoice::Pinned(model) => (
                 "pinned",
@@ -604,26 +644,9 @@ impl AppState {
                     model: model.clone(),
                 },
             ),
-            ModelChoice::Hybrid => match self.policy.decide_routing(&c) {
-                Route::Single { category } => {
-                    let model = self.config.category_model(category).ok_or_else(|| {
-                        GatewayError::Internal(format!("category {category} has no expert"))
-                    })?;
-                    (
-                        "single",
-                        FusionMode::Single {
-                            model: model.to_string(),
-                        },
-                    )
-                }
-                Route::Fusion => ("fusion", g.fusion.clone()),
-                Route::Foundation => (
-                    "foundation",
-                    FusionMode::Single {
-                        model: g.foundation_model.clone(),
-                    },
-                ),
-            },
+            ModelChoice::Hybrid => {
+                crate::hybrid_router::route_mode(&self.config, self.policy.decide_routing(&c))?
+            }
         };
         let experts: Vec<String> = mode.models().iter().map(|m| m.to_string()).collect();
         let cost = if matches!(mode, FusionMode::Single { .. }) {
@@ -676,13 +699,10 @@ impl AppState {
 )]
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    key: Option<Extension<ApiKeyId>>,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response> {
-    let permit = Arc::clone(&state.permits)
-        .try_acquire_owned()
-        .map_err(|_| GatewayError::TooManyRequests {
-            retry_after: Duration::from_secs(1),
-        })?;
+    let permit = state.admit(key.map(|Extension(k)| k))?;
     let chat = ValidChat::new(request, &state.config)?;
     let routed = state.route(&chat)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
@@ -707,7 +727,8 @@ async fn chat_completions(
         prompt: None,
         messages: Some(chat.messages.clone()),
         sampling: chat.sampling.clone(),
-        stream: true,
+        // A non-streamed answer is fetched whole from the expert too (one write there).
+        stream: chat.stream,
         return_routing_weights: false,
     };
     let timeout = state.timeout();
@@ -817,7 +838,7 @@ fn stream_chunks(
     ctx: ChunkContext,
     events: EventStream,
     deadline: tokio::time::Instant,
-    permit: OwnedSemaphorePermit,
+    permit: Permits,
     timeout: Duration,
 ) -> impl futures_util::Stream<Item = std::result::Result<Event, Infallible>> {
     struct S {
@@ -826,7 +847,7 @@ fn stream_chunks(
         phase: Phase,
         deadline: tokio::time::Instant,
         timeout: Duration,
-        _permit: OwnedSemaphorePermit,
+        _permit: Permits,
         _active: InFlight,
     }
     let s = S {
@@ -1034,10 +1055,12 @@ async fn not_found(req: Request) -> GatewayError {
 // Guards
 // ---------------------------------------------------------------------------------------
 
-/// Bearer auth: every configured key's digest is compared in constant time.
+/// Bearer auth: every configured key's digest is compared in constant time (all keys,
+/// whichever matches). The matching key's index goes into the request's extensions as an
+/// [`ApiKeyId`] for the per-key concurrency limit.
 async fn auth(
     State(state): State<Arc<AppState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> std::result::Result<Response, GatewayError> {
     if state.key_digests.is_empty() {
@@ -1046,10 +1069,15 @@ async fn auth(
     let token = bearer(req.headers()).ok_or(GatewayError::Unauthorized)?;
     let digest = sha256(token.as_bytes());
     let mut ok = subtle::Choice::from(0);
-    for key in &state.key_digests {
-        ok |= key.ct_eq(&digest);
+    let mut index = 0u64;
+    for (i, key) in state.key_digests.iter().enumerate() {
+        let eq = key.ct_eq(&digest);
+        index.conditional_assign(&(i as u64), eq);
+        ok |= eq;
     }
     if bool::from(ok) {
+        let index = usize::try_from(index).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        req.extensions_mut().insert(ApiKeyId(index));
         Ok(next.run(req).await)
     } else {
         Err(GatewayError::Unauthorized)

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use protocol::{ErrorBody, FinalRecord, GenerateRequest, ModelList, TokenEvent};
+use protocol::{ErrorBody, FinalRecord, GenerateRequest, GenerateResponse, ModelList, TokenEvent};
 
 use crate::error::{GatewayError, Result};
 
@@ -64,8 +64,11 @@ impl HttpExpert {
         &self.base
     }
 
-    async fn start(&self, mut request: GenerateRequest) -> Result<EventStream> {
-        request.stream = true;
+    /// A streamed request reads the expert's server-sent events as they come; a
+    /// non-streamed one gets the expert's single JSON answer (one write on the expert's
+    /// side, so no small-write stall between its events) as a token and a final record.
+    async fn start(&self, request: GenerateRequest) -> Result<EventStream> {
+        let streamed = request.stream;
         let response = self
             .client
             .post(format!("{}/v1/generate", self.base))
@@ -84,6 +87,20 @@ impl HttpExpert {
             } else {
                 GatewayError::Upstream(format!("{} answered {status}: {message}", self.base))
             });
+        }
+        if !streamed {
+            let answer: GenerateResponse = response
+                .json()
+                .await
+                .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))?;
+            let events = vec![
+                Ok(ExpertEvent::Token(TokenEvent {
+                    text: answer.text,
+                    weights: None,
+                })),
+                Ok(ExpertEvent::Done(answer.record)),
+            ];
+            return Ok(futures_util::stream::iter(events).boxed());
         }
         let base = self.base.clone();
         let bytes = response

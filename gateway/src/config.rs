@@ -54,6 +54,12 @@ pub struct GatewaySettings {
     pub max_body_bytes: usize,
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Chat requests one API key may have open at once (at most `max_concurrent_requests`),
+    /// so that one client cannot take every slot. Applies when `api_keys` is set; without
+    /// keys (loopback only) the global limit alone applies. Default: 16, or
+    /// `max_concurrent_requests` when that is lower ([`GatewaySettings::per_key_limit`]).
+    #[serde(default)]
+    pub max_concurrent_per_key: Option<usize>,
     #[serde(default = "default_max_tokens_limit")]
     pub max_tokens_limit: usize,
     #[serde(default = "default_request_timeout_s")]
@@ -123,6 +129,8 @@ fn default_max_body_bytes() -> usize {
 fn default_max_concurrent_requests() -> usize {
     64
 }
+/// `gateway.max_concurrent_per_key` when the file does not set it (capped by the global limit).
+pub const DEFAULT_MAX_CONCURRENT_PER_KEY: usize = 16;
 fn default_max_tokens_limit() -> usize {
     1024
 }
@@ -143,6 +151,14 @@ fn default_feedback_db() -> PathBuf {
 }
 fn default_web_dir() -> PathBuf {
     PathBuf::from("web")
+}
+
+impl GatewaySettings {
+    /// The number of chat requests one API key may have open at once.
+    pub fn per_key_limit(&self) -> usize {
+        self.max_concurrent_per_key
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_PER_KEY.min(self.max_concurrent_requests))
+    }
 }
 
 /// The whole validated configuration the gateway runs on.
@@ -290,12 +306,16 @@ fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Re
             ));
         }
     }
-    let positive: [(&str, u64); 5] = [
+    let positive: [(&str, u64); 6] = [
         ("gateway.hint_max_age_s", g.hint_max_age_s),
         ("gateway.max_body_bytes", g.max_body_bytes as u64),
         (
             "gateway.max_concurrent_requests",
             g.max_concurrent_requests as u64,
+        ),
+        (
+            "gateway.max_concurrent_per_key",
+            g.max_concurrent_per_key.unwrap_or(1) as u64,
         ),
         ("gateway.max_tokens_limit", g.max_tokens_limit as u64),
         ("gateway.request_timeout_s", g.request_timeout_s),
@@ -304,6 +324,18 @@ fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Re
         if v == 0 {
             return Err(GatewayError::config(key, "must be greater than 0"));
         }
+    }
+    if let Some(per_key) = g.max_concurrent_per_key
+        && per_key > g.max_concurrent_requests
+    {
+        return Err(GatewayError::config(
+            "gateway.max_concurrent_per_key",
+            format!(
+                "{per_key} is over gateway.max_concurrent_requests ({}); one key cannot hold \
+                 more slots than the gateway has",
+                g.max_concurrent_requests
+            ),
+        ));
     }
     if g.expert_start_timeout_s == 0 {
         return Err(GatewayError::config(
@@ -415,6 +447,7 @@ gateway:
   hint_max_age_s: 300
   max_body_bytes: 1048576
   max_concurrent_requests: 64
+  max_concurrent_per_key: 16
   max_tokens_limit: 1024
   request_timeout_s: 300
   expert_processes: 1
@@ -461,6 +494,16 @@ gateway:
                 "max_body_bytes: 1048576",
                 "max_body_bytes: 0",
                 "gateway.max_body_bytes",
+            ),
+            (
+                "max_concurrent_per_key: 16",
+                "max_concurrent_per_key: 65",
+                "gateway.max_concurrent_per_key",
+            ),
+            (
+                "max_concurrent_per_key: 16",
+                "max_concurrent_per_key: 0",
+                "gateway.max_concurrent_per_key",
             ),
             (
                 "request_timeout_s: 300",

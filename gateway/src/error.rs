@@ -42,9 +42,12 @@ pub enum GatewayError {
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
 
-    /// Every request slot is taken.
-    #[error("too many concurrent requests; retry after {} s", .retry_after.as_secs())]
-    TooManyRequests { retry_after: Duration },
+    /// Every request slot is taken, the gateway's or the API key's.
+    #[error("too many concurrent requests {scope}; retry after {} s", .retry_after.as_secs().max(1))]
+    TooManyRequests {
+        scope: LimitScope,
+        retry_after: Duration,
+    },
 
     /// The request did not finish within `gateway.request_timeout_s`.
     #[error("the request timed out after {} s", .0.as_secs())]
@@ -77,6 +80,24 @@ pub enum GatewayError {
     /// A bug or an unexpected state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Which concurrency limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// `gateway.max_concurrent_requests`, shared by every client.
+    Gateway { limit: usize },
+    /// `gateway.max_concurrent_per_key`, for the API key of the request.
+    ApiKey { limit: usize },
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gateway { limit } => write!(f, "on this gateway (limit {limit})"),
+            Self::ApiKey { limit } => write!(f, "for this API key (limit {limit})"),
+        }
+    }
 }
 
 fn file_suffix(file: &Option<PathBuf>) -> String {
@@ -139,10 +160,21 @@ impl GatewayError {
                 "invalid_request_error",
                 "payload_too_large",
             ),
-            Self::TooManyRequests { .. } => (
+            Self::TooManyRequests {
+                scope: LimitScope::Gateway { .. },
+                ..
+            } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 "too_many_requests",
+            ),
+            Self::TooManyRequests {
+                scope: LimitScope::ApiKey { .. },
+                ..
+            } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "too_many_requests_for_key",
             ),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", "timeout"),
             Self::Unavailable(_) => (
@@ -183,7 +215,7 @@ impl IntoResponse for GatewayError {
             tracing::warn!(error = %self, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
-        if let Self::TooManyRequests { retry_after } = &self {
+        if let Self::TooManyRequests { retry_after, .. } = &self {
             let secs = retry_after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);

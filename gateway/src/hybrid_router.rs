@@ -4,9 +4,59 @@
 //! [`RoutingPolicy::decide_routing`] is the place to customise the policy; the default
 //! [`ThresholdPolicy`] is the seed's rule.
 
+use std::sync::Arc;
+
 use classifier::Classification;
 use classifier::config::RoutingSettings;
+use protocol::FusionMode;
 use serde::{Deserialize, Serialize};
+
+use crate::config::GatewayConfig;
+use crate::error::{GatewayError, Result};
+
+/// The policy a config asks for: the dynamic threshold when `gateway.target_cost` is set,
+/// else the seed's fixed threshold.
+pub fn policy_from_config(config: &GatewayConfig) -> Arc<dyn RoutingPolicy> {
+    let routing = &config.hybrid.routing;
+    match config.gateway.target_cost {
+        Some(target) => {
+            let mut p = DynamicThresholdPolicy::new(
+                routing.confidence_threshold,
+                target,
+                config.gateway.fusion.models().len(),
+            );
+            p.enable_btm_fallback = routing.enable_btm_fallback;
+            Arc::new(p)
+        }
+        None => Arc::new(ThresholdPolicy::from(routing)),
+    }
+}
+
+/// What runs for a route: the decision's name (`single`, `fusion`, `foundation`) and the
+/// fusion mode sent to the experts (the category's expert, `gateway.fusion`, or
+/// `gateway.foundation_model`).
+pub fn route_mode(config: &GatewayConfig, route: Route) -> Result<(&'static str, FusionMode)> {
+    Ok(match route {
+        Route::Single { category } => {
+            let model = config.category_model(category).ok_or_else(|| {
+                GatewayError::Internal(format!("category {category} has no expert"))
+            })?;
+            (
+                "single",
+                FusionMode::Single {
+                    model: model.to_string(),
+                },
+            )
+        }
+        Route::Fusion => ("fusion", config.gateway.fusion.clone()),
+        Route::Foundation => (
+            "foundation",
+            FusionMode::Single {
+                model: config.gateway.foundation_model.clone(),
+            },
+        ),
+    })
+}
 
 /// How a query is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

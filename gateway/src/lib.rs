@@ -10,7 +10,8 @@
 //!
 //! Module map: [`config`] (the validated config), [`error`] (the one error enum and its
 //! HTTP mapping), [`feedback`] (ratings in SQLite), [`telemetry`] (metrics), [`server`]
-//! (bind, start, serve, shut down).
+//! (bind, start, serve, shut down), [`inference`] (what `hybrid_inference` does: one prompt,
+//! or an eval file under every strategy).
 
 pub mod api;
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod feedback;
 pub mod hint;
 pub mod hybrid_router;
+pub mod inference;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;
@@ -28,4 +30,4 @@ pub mod telemetry;
 pub use api::{AppState, router};
 pub use backend::{EventStream, ExpertBackend, ExpertEvent, HttpExpert};
 pub use config::GatewayConfig;
-pub use error::{GatewayError, Result};
+pub use error::{GatewayError, LimitScope, Result};

@@ -307,6 +307,111 @@ async fn full_concurrency_is_429_with_retry_after_and_the_permit_lives_with_the_
     assert_eq!(next.status(), StatusCode::OK);
 }
 
+fn keyed(mut req: Request<Body>, key: &str) -> Request<Body> {
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    req
+}
+
+#[tokio::test]
+async fn one_key_over_its_share_is_429_while_other_keys_still_get_in() {
+    let h = harness_with(
+        |c| {
+            c.replace("api_keys: []", "api_keys: [\"sk-a\", \"sk-b\"]")
+                .replace(
+                    "max_concurrent_requests: 4",
+                    "max_concurrent_requests: 4\n  max_concurrent_per_key: 1",
+                )
+        },
+        ScriptedExpert::new(Script::Hang),
+    )
+    .await;
+    let mut streaming = chat(SOP_QUERY);
+    streaming["stream"] = json!(true);
+    let open = h
+        .app
+        .clone()
+        .oneshot(keyed(post("/v1/chat/completions", &streaming), "sk-a"))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let (s, headers, body) = send_json(
+        &h.app,
+        keyed(post("/v1/chat/completions", &chat(SOP_QUERY)), "sk-a"),
+    )
+    .await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "for this API key (limit 1)",
+    );
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(body["error"]["code"], "too_many_requests_for_key");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(headers.contains_key("x-request-id"));
+    // The other key has its own slots and the gateway has room: it gets in.
+    let other = tokio::time::timeout(
+        Duration::from_millis(300),
+        h.app
+            .clone()
+            .oneshot(keyed(post("/v1/chat/completions", &streaming), "sk-b")),
+    )
+    .await
+    .expect("not refused")
+    .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    // A refused request held no slot: after the first stream ends, key a gets in again.
+    drop(open);
+    let again = tokio::time::timeout(
+        Duration::from_millis(300),
+        h.app
+            .clone()
+            .oneshot(keyed(post("/v1/chat/completions", &streaming), "sk-a")),
+    )
+    .await
+    .expect("not refused")
+    .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_gateway_limit_still_holds_across_keys() {
+    let h = harness_with(
+        |c| {
+            c.replace("api_keys: []", "api_keys: [\"sk-a\", \"sk-b\"]")
+                .replace("max_concurrent_requests: 4", "max_concurrent_requests: 1")
+        },
+        ScriptedExpert::new(Script::Hang),
+    )
+    .await;
+    let mut streaming = chat(SOP_QUERY);
+    streaming["stream"] = json!(true);
+    let open = h
+        .app
+        .clone()
+        .oneshot(keyed(post("/v1/chat/completions", &streaming), "sk-a"))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let (s, headers, body) = send_json(
+        &h.app,
+        keyed(post("/v1/chat/completions", &chat(SOP_QUERY)), "sk-b"),
+    )
+    .await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "on this gateway (limit 1)",
+    );
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    drop(open);
+}
+
 #[tokio::test]
 async fn bad_requests_are_400_with_clear_messages() {
     let h = harness(|c| c).await;

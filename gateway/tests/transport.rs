@@ -20,7 +20,6 @@ use protocol::{ErrorBody, FusionMode, GenerateRequest, ModelCard, ModelList, Sam
 const DONE: &str = r#"{"finish_reason":"length","usage":{"prompt_tokens":3,"completion_tokens":2},"cost":{"forwards_per_token":2.0,"total_token_forwards":10},"timings":{"queue_ms":0.0,"prefill_ms":1.0,"decode_ms":2.0}}"#;
 
 async fn generate(Json(req): Json<GenerateRequest>) -> axum::response::Response {
-    assert!(req.stream, "the gateway always streams");
     match req.messages.as_ref().map(|m| m[0].content.as_str()) {
         Some("refuse") => (
             StatusCode::BAD_REQUEST,
@@ -32,6 +31,15 @@ async fn generate(Json(req): Json<GenerateRequest>) -> axum::response::Response 
             "event: token\ndata: {\"text\":\"a\"}\n\n",
         )
             .into_response(),
+        // Not streamed: one JSON answer.
+        _ if !req.stream => {
+            let body = format!(
+                "{{\"text\":\"{}!\",{}",
+                req.mode.name(),
+                DONE.trim_start_matches('{')
+            );
+            ([("content-type", "application/json")], body).into_response()
+        }
         _ => (
             [("content-type", "text/event-stream")],
             format!(
@@ -81,7 +89,7 @@ fn request(content: &str, mode: FusionMode) -> GenerateRequest {
             content: content.into(),
         }]),
         sampling: Sampling::default(),
-        stream: false,
+        stream: true,
         return_routing_weights: false,
     }
 }
@@ -110,6 +118,16 @@ async fn http_expert_speaks_the_protocol() {
     assert!(matches!(&events[0], Ok(ExpertEvent::Token(t)) if t.text == "btm_token"));
     assert!(
         matches!(&events[2], Ok(ExpertEvent::Done(r)) if r.finish_reason == "length" && r.cost.forwards_per_token == 2.0)
+    );
+
+    // Not streamed: the expert's one JSON answer becomes a token and the final record.
+    let mut whole = request("hi", btm());
+    whole.stream = false;
+    let events: Vec<_> = expert.generate(whole).await.unwrap().collect().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(&events[0], Ok(ExpertEvent::Token(t)) if t.text == "btm_token!"));
+    assert!(
+        matches!(&events[1], Ok(ExpertEvent::Done(r)) if r.usage.completion_tokens == 2 && r.cost.forwards_per_token == 2.0)
     );
 
     let refused = expert

@@ -10,8 +10,12 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors are `{"error": {"message", "type", "code"}}` ([`ErrorBody`]) with a 4xx/5xx status.
+//!
+//! [`quality`] holds the pure-text eval metrics both sides use (no model code).
 
 use serde::{Deserialize, Serialize};
+
+pub mod quality;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,34 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
 use hybrid_tests::{workspace_bin, workspace_root};
 
 /// The small forged pair and its routers, cached under the target directory.
 fn models() -> PathBuf {
-    let out = hybrid_tests::forged_small();
-    let routers = out.join("routers");
-    if !routers.join("btm_layer/mixer.safetensors").exists() {
-        let load = |n: &str| {
-            experts::loader::load_model(
-                &out.join(n),
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            )
-            .unwrap()
-        };
-        let (a, b) = (load("foundation"), load("sft-sop"));
-        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
-        let opts = RouterTrainOptions {
-            steps: 40,
-            layer_steps: 4,
-            n_docs: 400,
-            ..RouterTrainOptions::default()
-        };
-        train_token_router(&[&a, &b], &names, &opts, &routers.join("btm_token")).unwrap();
-        train_layer_mixer(&[&a, &b], &names, &opts, &routers.join("btm_layer")).unwrap();
-    }
-    out
+    hybrid_tests::forged_small_with_routers()
 }
 
 struct Gateway {
@@ -75,7 +52,7 @@ experts:
     sft-sop: {m}/sft-sop
   routers: {{default: {m}/routers/btm_token}}
   mixers: {{default: {m}/routers/btm_layer}}
-  workers: 2
+  max_batch: 16
 gateway:
   listen: 127.0.0.1:0
   hint_trust: {trust}

@@ -1,0 +1,711 @@
+//! What `hybrid_inference` does, as a library: one prompt answered through the hybrid
+//! route, or an eval file scored under every strategy.
+//!
+//! A [`Session`] does what the gateway does at start-up — builds the classifier, gets the
+//! default models when they are missing ([`crate::bootstrap`]), starts the configured
+//! `expert serve` processes ([`crate::server::Experts`]) and waits for them — and then
+//! talks to the experts through the same [`Dispatcher`]. Routing uses
+//! [`crate::hybrid_router::decide_routing`](crate::hybrid_router::RoutingPolicy::decide_routing)
+//! with the policy the config asks for.
+//!
+//! # Eval files
+//! JSON lines `{"prompt": str, "reference": str, "label": int}` (label = category index),
+//! optionally with `"choices": [str, ...]` and `"answer": int`.
+//!
+//! # Quality metric
+//! Per item, [`protocol::quality::score`] of the greedy answer against `reference`: exact
+//! match of the final answer when the reference states one ("The answer is N" / "答案是N",
+//! reasoning), token-level F1 otherwise (procedures). Multiple-choice items are scored by
+//! *generate-then-match*: the choice with the highest token F1 against the answer is the
+//! model's pick, scored 1 when it is `answer`. (Log-likelihood scoring needs a scoring
+//! endpoint the expert process does not offer.) Quality per category is the mean over that
+//! category's items; overall is the mean over all items.
+//!
+//! # Cost
+//! Model forwards per generated token, read from each answer's final record
+//! ([`protocol::Cost::forwards_per_token`]: 1 for one expert, 2 for two fused experts),
+//! averaged over the items.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use classifier::{Classification, Classifier, ClassifierKind};
+use futures_util::StreamExt;
+use protocol::{ChatMessage, FinalRecord, FusionMode, GenerateRequest, Sampling};
+use serde::{Deserialize, Serialize};
+
+use crate::api::RoutingInfo;
+use crate::backend::ExpertEvent;
+use crate::config::GatewayConfig;
+use crate::dispatch::Dispatcher;
+use crate::error::{GatewayError, Result};
+use crate::hybrid_router::{RoutingPolicy, policy_from_config, route_mode};
+use crate::server::Experts;
+
+/// The strategies of an eval run, in table order.
+pub const STRATEGIES: [&str; 7] = [
+    "foundation",
+    "sft",
+    "ensemble",
+    "btm_token",
+    "btm_layer",
+    "hybrid",
+    "distilled",
+];
+
+/// The model name that, when present in `experts.models`, is evaluated as `distilled`.
+pub const DISTILLED_MODEL: &str = "distilled";
+
+/// The command line's choices, applied over the config.
+#[derive(Debug, Clone)]
+pub struct InferenceOptions {
+    pub config: PathBuf,
+    /// Overrides `hybrid.classifier.type`.
+    pub classifier_type: Option<ClassifierKind>,
+    /// Overrides `hybrid.classifier.checkpoint_dir` (learned classifier).
+    pub classifier_checkpoint: Option<PathBuf>,
+    /// Overrides `hybrid.routing.enable_btm_fallback`.
+    pub enable_btm: Option<bool>,
+    /// A router name of `experts.routers`, used by `btm_token` fusion.
+    pub btm_router: Option<String>,
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f64,
+}
+
+/// One answered prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub text: String,
+    pub routing: RoutingInfo,
+    pub record: FinalRecord,
+}
+
+/// A running set of experts with the classifier and routing policy of a config.
+#[derive(Debug)]
+pub struct Session {
+    pub config: GatewayConfig,
+    classifier: Arc<dyn Classifier>,
+    policy: Arc<dyn RoutingPolicy>,
+    dispatcher: Arc<Dispatcher>,
+    experts: Experts,
+    routers: Vec<String>,
+    mixers: Vec<String>,
+    options: InferenceOptions,
+}
+
+impl Session {
+    /// Loads and checks everything that can be checked before any process starts, gets
+    /// missing default models, starts the experts and waits until one is healthy.
+    pub async fn start(options: InferenceOptions) -> Result<Self> {
+        let mut config = GatewayConfig::load(&options.config)?;
+        if let Some(enable) = options.enable_btm {
+            config.hybrid.routing.enable_btm_fallback = enable;
+        }
+        let routers = experts_section_names(&config, "routers")?;
+        let mixers = experts_section_names(&config, "mixers")?;
+        if let Some(name) = &options.btm_router {
+            if !routers.contains(name) {
+                return Err(GatewayError::BadRequest(format!(
+                    "--btm_router {name:?} is not a router of experts.routers in {} (have {routers:?})",
+                    config.path.display()
+                )));
+            }
+            if let FusionMode::BtmToken { router, .. } = &mut config.gateway.fusion {
+                *router = Some(name.clone());
+            }
+        }
+        if options.max_tokens == 0 {
+            return Err(GatewayError::BadRequest(
+                "--max_tokens must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=2.0).contains(&options.temperature) {
+            return Err(GatewayError::BadRequest(format!(
+                "--temperature {} is not in [0, 2]",
+                options.temperature
+            )));
+        }
+        let classifier: Arc<dyn Classifier> = Arc::from(config.hybrid.build_classifier(
+            options.classifier_type,
+            options.classifier_checkpoint.as_deref(),
+        )?);
+        let policy = policy_from_config(&config);
+
+        crate::bootstrap::ensure_models(&config).await?;
+        let experts = Experts::start(&config).await?;
+        let dispatcher = Arc::new(Dispatcher::new(experts.backends.clone()));
+        if let Err(e) = experts.wait_healthy(&dispatcher).await {
+            experts.shutdown().await;
+            return Err(e);
+        }
+        Ok(Self {
+            config,
+            classifier,
+            policy,
+            dispatcher,
+            experts,
+            routers,
+            mixers,
+            options,
+        })
+    }
+
+    /// Stops the expert processes.
+    pub async fn shutdown(self) {
+        self.experts.shutdown().await;
+    }
+
+    fn category_name(&self, category: usize) -> String {
+        self.config
+            .hybrid
+            .categories
+            .get(category)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Classifies on this machine and decides the route with the configured policy.
+    pub fn route(&self, prompt: &str) -> Result<(Classification, RoutingInfo, FusionMode)> {
+        let c = self.classifier.classify(prompt)?;
+        let (decision, mode) = route_mode(&self.config, self.policy.decide_routing(&c))?;
+        let info = RoutingInfo {
+            category: self.category_name(c.category),
+            confidence: c.confidence,
+            hint_source: "server".into(),
+            decision: decision.into(),
+            experts: mode.models().iter().map(|m| m.to_string()).collect(),
+            mode: mode.name().into(),
+            threshold: self.policy.threshold(),
+            cost: nominal_cost(&mode),
+        };
+        Ok((c, info, mode))
+    }
+
+    fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.options.temperature,
+            max_tokens: self.options.max_tokens,
+            ..Sampling::default()
+        }
+    }
+
+    /// Generates with `mode`, handing each piece of text to `on_token` as it comes
+    /// (`stream`), or all of it at the end.
+    pub async fn generate(
+        &self,
+        mode: FusionMode,
+        prompt: &str,
+        stream: bool,
+        mut on_token: impl FnMut(&str),
+    ) -> Result<(String, FinalRecord)> {
+        let request = GenerateRequest {
+            mode,
+            prompt: None,
+            messages: Some(vec![ChatMessage {
+                role: "user".into(),
+                content: prompt.to_string(),
+            }]),
+            sampling: self.sampling(),
+            stream,
+            return_routing_weights: false,
+        };
+        let mut events = self.dispatcher.generate(request).await?;
+        let mut text = String::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                ExpertEvent::Token(t) => {
+                    on_token(&t.text);
+                    text.push_str(&t.text);
+                }
+                ExpertEvent::Done(record) => return Ok((text, record)),
+            }
+        }
+        Err(GatewayError::Upstream(
+            "the expert's stream ended without a final record".into(),
+        ))
+    }
+
+    /// Answers one prompt through the hybrid route; the routing's `cost` is the one the
+    /// expert measured.
+    pub async fn answer(&self, prompt: &str, on_token: impl FnMut(&str)) -> Result<Answer> {
+        if prompt.trim().is_empty() {
+            return Err(GatewayError::BadRequest("--prompt is empty".into()));
+        }
+        let (_, mut routing, mode) = self.route(prompt)?;
+        let (text, record) = self.generate(mode, prompt, true, on_token).await?;
+        routing.cost = record.cost.forwards_per_token;
+        Ok(Answer {
+            text,
+            routing,
+            record,
+        })
+    }
+
+    /// The strategies this config can run, and why the others are skipped.
+    pub fn strategies(&self) -> (Vec<(String, Strategy)>, BTreeMap<String, String>) {
+        let g = &self.config.gateway;
+        let fused: Vec<String> = g.fusion.models().iter().map(|m| m.to_string()).collect();
+        let mut run = Vec::new();
+        let mut skipped = BTreeMap::new();
+        let mut add = |name: &str, s: std::result::Result<Strategy, String>| match s {
+            Ok(s) => run.push((name.to_string(), s)),
+            Err(why) => {
+                skipped.insert(name.to_string(), why);
+            }
+        };
+        add(
+            "foundation",
+            Ok(Strategy::Fixed(FusionMode::Single {
+                model: g.foundation_model.clone(),
+            })),
+        );
+        let sft = self
+            .config
+            .hybrid
+            .categories
+            .iter()
+            .filter_map(|c| g.category_experts.get(c))
+            .find(|m| **m != g.foundation_model);
+        add(
+            "sft",
+            sft.map(|m| Strategy::Fixed(FusionMode::Single { model: m.clone() }))
+                .ok_or_else(|| "no category expert other than the foundation model".to_string()),
+        );
+        add(
+            "ensemble",
+            Ok(Strategy::Fixed(FusionMode::Ensemble {
+                models: fused.clone(),
+                weights: None,
+            })),
+        );
+        let router = self.options.btm_router.clone().or_else(|| match &g.fusion {
+            FusionMode::BtmToken { router, .. } => router.clone(),
+            _ => None,
+        });
+        add(
+            "btm_token",
+            if self.routers.is_empty() {
+                Err("no experts.routers in the config (train_router)".into())
+            } else {
+                Ok(Strategy::Fixed(FusionMode::BtmToken {
+                    models: fused.clone(),
+                    router,
+                    hard: false,
+                }))
+            },
+        );
+        add(
+            "btm_layer",
+            if self.mixers.is_empty() {
+                Err("no experts.mixers in the config (train_router)".into())
+            } else {
+                Ok(Strategy::Fixed(FusionMode::BtmLayer {
+                    models: fused,
+                    coefficients: None,
+                }))
+            },
+        );
+        add("hybrid", Ok(Strategy::Hybrid));
+        add(
+            "distilled",
+            if self
+                .config
+                .expert_models
+                .iter()
+                .any(|m| m == DISTILLED_MODEL)
+            {
+                Ok(Strategy::Fixed(FusionMode::Single {
+                    model: DISTILLED_MODEL.into(),
+                }))
+            } else {
+                Err(format!(
+                    "no `{DISTILLED_MODEL}` model in experts.models (build one with `distill`)"
+                ))
+            },
+        );
+        (run, skipped)
+    }
+
+    /// Runs every item under one strategy, one at a time (so wall time is per strategy).
+    pub async fn evaluate(
+        &self,
+        strategy: &Strategy,
+        items: &[EvalItem],
+    ) -> Result<StrategyResult> {
+        let start = Instant::now();
+        let mut scores = Vec::with_capacity(items.len());
+        let (mut cost, mut fused, mut tokens, mut forwards) = (0.0f64, 0usize, 0usize, 0u64);
+        for item in items {
+            let mode = match strategy {
+                Strategy::Fixed(mode) => mode.clone(),
+                Strategy::Hybrid => self.route(&item.prompt)?.2,
+            };
+            if !matches!(mode, FusionMode::Single { .. }) {
+                fused += 1;
+            }
+            let (text, record) = self.generate(mode, &item.prompt, false, |_| {}).await?;
+            scores.push((item.label, item.score(&text)));
+            cost += f64::from(record.cost.forwards_per_token);
+            tokens += record.usage.completion_tokens;
+            forwards += record.cost.total_token_forwards;
+        }
+        let n = items.len();
+        let mean = |v: &mut dyn Iterator<Item = f64>| {
+            let (sum, k) = v.fold((0.0, 0usize), |(s, k), x| (s + x, k + 1));
+            (k > 0).then(|| sum / k as f64)
+        };
+        let by_category = self
+            .config
+            .hybrid
+            .categories
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let q = mean(&mut scores.iter().filter(|(l, _)| *l == i).map(|(_, s)| *s))?;
+                Some((name.clone(), q))
+            })
+            .collect();
+        Ok(StrategyResult {
+            quality: mean(&mut scores.iter().map(|(_, s)| *s)).unwrap_or(0.0),
+            quality_by_category: by_category,
+            cost: if n > 0 { cost / n as f64 } else { 0.0 },
+            n,
+            btm_share: if n > 0 { fused as f64 / n as f64 } else { 0.0 },
+            wall_s: start.elapsed().as_secs_f64(),
+            completion_tokens: tokens,
+            total_token_forwards: forwards,
+        })
+    }
+
+    /// Runs `names` (all runnable strategies when empty) over the items.
+    pub async fn evaluate_all(&self, items: &[EvalItem], names: &[String]) -> Result<EvalReport> {
+        let (runnable, mut skipped) = self.strategies();
+        for name in names {
+            if !STRATEGIES.contains(&name.as_str()) {
+                return Err(GatewayError::BadRequest(format!(
+                    "unknown strategy {name:?}; expected some of {STRATEGIES:?}"
+                )));
+            }
+        }
+        let mut strategies = BTreeMap::new();
+        let mut order = Vec::new();
+        for (name, strategy) in runnable {
+            if !names.is_empty() && !names.contains(&name) {
+                skipped.insert(name, "not asked for (--strategies)".into());
+                continue;
+            }
+            eprintln!("eval: {name} on {} items…", items.len());
+            let result = self.evaluate(&strategy, items).await?;
+            eprintln!(
+                "eval: {name}: quality {:.3}, cost {:.2}, {:.1} s",
+                result.quality, result.cost, result.wall_s
+            );
+            order.push(name.clone());
+            strategies.insert(name, result);
+        }
+        Ok(EvalReport {
+            strategies,
+            order,
+            skipped,
+            categories: self.config.hybrid.categories.clone(),
+            metric: METRIC.into(),
+        })
+    }
+}
+
+const METRIC: &str = "per item: exact final-answer match when the reference states one (reasoning), token F1 otherwise (SOP); multiple choice: generate, pick the choice with the highest token F1, 1 if it is `answer`";
+
+fn nominal_cost(mode: &FusionMode) -> f32 {
+    match mode {
+        FusionMode::Single { .. } => 1.0,
+        other => other.models().len() as f32,
+    }
+}
+
+/// The names under `experts.<section>` of the config file (routers, mixers).
+fn experts_section_names(config: &GatewayConfig, section: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(&config.path)
+        .map_err(|e| GatewayError::io(config.path.display().to_string(), e))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| GatewayError::Internal(format!("{}: {e}", config.path.display())))?;
+    Ok(doc
+        .get("experts")
+        .and_then(|e| e.get(section))
+        .and_then(|m| m.as_mapping())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// How an eval run answers each item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    /// The same fusion mode for every item.
+    Fixed(FusionMode),
+    /// The classifier and the routing policy choose per item.
+    Hybrid,
+}
+
+/// One line of an eval file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct EvalItem {
+    pub prompt: String,
+    pub reference: String,
+    /// Category index.
+    pub label: usize,
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
+    #[serde(default)]
+    pub answer: Option<usize>,
+}
+
+impl EvalItem {
+    /// The item's score of one generated answer (see the module docs).
+    pub fn score(&self, text: &str) -> f64 {
+        match (&self.choices, self.answer) {
+            (Some(choices), Some(answer)) => {
+                let pick = choices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i, protocol::quality::token_f1(text, c)))
+                    .fold(None::<(usize, f64)>, |best, (i, f)| match best {
+                        Some((_, bf)) if bf >= f => best,
+                        _ => Some((i, f)),
+                    });
+                f64::from(u8::from(pick.map(|(i, _)| i) == Some(answer)))
+            }
+            _ => protocol::quality::score(text, &self.reference),
+        }
+    }
+}
+
+/// Reads and checks an eval file: every line an [`EvalItem`] with a known label.
+pub fn read_eval_file(path: &Path, categories: &[String]) -> Result<Vec<EvalItem>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| GatewayError::io(format!("reading the eval file {}", path.display()), e))?;
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad =
+            |m: String| GatewayError::BadRequest(format!("{}:{}: {m}", path.display(), i + 1));
+        let item: EvalItem = serde_json::from_str(line).map_err(|e| {
+            bad(format!(
+                "not an eval item {{\"prompt\", \"reference\", \"label\"}}: {e}"
+            ))
+        })?;
+        if item.prompt.trim().is_empty() {
+            return Err(bad("`prompt` is empty".into()));
+        }
+        if item.label >= categories.len() {
+            return Err(bad(format!(
+                "`label` {} is not a category index (0..{} for {categories:?})",
+                item.label,
+                categories.len()
+            )));
+        }
+        match (&item.choices, item.answer) {
+            (None, None) => {}
+            (Some(choices), Some(answer)) => {
+                if choices.len() < 2 {
+                    return Err(bad("`choices` needs at least two entries".into()));
+                }
+                if answer >= choices.len() {
+                    return Err(bad(format!(
+                        "`answer` {answer} is not an index of `choices` (0..{})",
+                        choices.len()
+                    )));
+                }
+            }
+            _ => return Err(bad("`choices` and `answer` go together".into())),
+        }
+        items.push(item);
+    }
+    if items.is_empty() {
+        return Err(GatewayError::BadRequest(format!(
+            "the eval file {} has no items",
+            path.display()
+        )));
+    }
+    Ok(items)
+}
+
+/// The scores of one strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyResult {
+    /// Mean score over all items.
+    pub quality: f64,
+    /// Mean score per category name (categories with items).
+    pub quality_by_category: BTreeMap<String, f64>,
+    /// Mean model forwards per generated token.
+    pub cost: f64,
+    pub n: usize,
+    /// Share of items answered by a fusion of experts.
+    pub btm_share: f64,
+    pub wall_s: f64,
+    pub completion_tokens: usize,
+    pub total_token_forwards: u64,
+}
+
+/// The result of an eval run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub strategies: BTreeMap<String, StrategyResult>,
+    /// Strategies in the order they ran.
+    #[serde(skip)]
+    pub order: Vec<String>,
+    /// Strategy → why it did not run.
+    pub skipped: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub categories: Vec<String>,
+    pub metric: String,
+}
+
+impl EvalReport {
+    /// The markdown table (and the skipped strategies under it).
+    pub fn table(&self) -> String {
+        let mut out = String::from("| strategy |");
+        for c in &self.categories {
+            out.push_str(&format!(" quality {c} |"));
+        }
+        out.push_str(
+            " quality overall | cost (forwards/token) | wall s | routed to BTM | n |\n|---|",
+        );
+        for _ in &self.categories {
+            out.push_str("---:|");
+        }
+        out.push_str("---:|---:|---:|---:|---:|\n");
+        for name in &self.order {
+            let Some(r) = self.strategies.get(name) else {
+                continue;
+            };
+            out.push_str(&format!("| {name} |"));
+            for c in &self.categories {
+                match r.quality_by_category.get(c) {
+                    Some(q) => out.push_str(&format!(" {q:.3} |")),
+                    None => out.push_str(" – |"),
+                }
+            }
+            out.push_str(&format!(
+                " {:.3} | {:.2} | {:.1} | {:.0}% | {} |\n",
+                r.quality,
+                r.cost,
+                r.wall_s,
+                100.0 * r.btm_share,
+                r.n
+            ));
+        }
+        for (name, why) in &self.skipped {
+            out.push_str(&format!("\n{name}: skipped ({why})"));
+        }
+        if !self.skipped.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("\nQuality: {}.\n", self.metric));
+        out
+    }
+
+    /// `{"strategies": {NAME: {...}}, "skipped": {...}, "metric": ...}` on one line.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes `table.md` and `results.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GatewayError::io(format!("creating {}", dir.display()), e))?;
+        for (file, text) in [("table.md", self.table()), ("results.json", self.json())] {
+            let path = dir.join(file);
+            std::fs::write(&path, text)
+                .map_err(|e| GatewayError::io(format!("writing {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cats() -> Vec<String> {
+        vec!["reasoning".into(), "sop".into()]
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("eval.jsonl");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    }
+
+    #[test]
+    fn eval_files_are_checked_line_by_line() {
+        let good = r#"{"prompt": "12 + 7?", "reference": "The answer is 19.", "label": 0}
+
+{"prompt": "Pick", "reference": "b", "label": 1, "choices": ["a", "b"], "answer": 1}
+"#;
+        let (_d, p) = file(good);
+        let items = read_eval_file(&p, &cats()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(items.len(), 2);
+        for (text, needle) in [
+            ("", "no items"),
+            ("{\"prompt\": \"x\", \"label\": 0}", ":1: not an eval item"),
+            (
+                "{\"prompt\": \"x\", \"reference\": \"y\", \"label\": 2}",
+                "`label` 2",
+            ),
+            (
+                "{\"prompt\": \" \", \"reference\": \"y\", \"label\": 0}",
+                "`prompt` is empty",
+            ),
+            (
+                "{\"prompt\": \"x\", \"reference\": \"y\", \"label\": 0, \"answer\": 1}",
+                "go together",
+            ),
+            (
+                "{\"prompt\": \"x\", \"reference\": \"y\", \"label\": 0, \"choices\": [\"a\", \"b\"], \"answer\": 2}",
+                "`answer` 2",
+            ),
+            ("not json", ":1:"),
+        ] {
+            let (_d, p) = file(text);
+            let e = read_eval_file(&p, &cats()).err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let e = read_eval_file(Path::new("/nonexistent/eval.jsonl"), &cats())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("/nonexistent/eval.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn items_are_scored_by_their_kind() {
+        let reasoning = EvalItem {
+            prompt: "12 + 7?".into(),
+            reference: "12 + 7 = 19. The answer is 19.".into(),
+            label: 0,
+            choices: None,
+            answer: None,
+        };
+        assert_eq!(reasoning.score("The answer is 19."), 1.0);
+        assert_eq!(reasoning.score("The answer is 18."), 0.0);
+        let choice = EvalItem {
+            prompt: "Which?".into(),
+            reference: String::new(),
+            label: 1,
+            choices: Some(vec!["refund the order".into(), "reset the password".into()]),
+            answer: Some(1),
+        };
+        assert_eq!(choice.score("First, reset your password."), 1.0);
+        assert_eq!(choice.score("We refund the order."), 0.0);
+    }
+}
