@@ -210,6 +210,8 @@ async function send() {
     max_tokens: Number($('max-tokens').value) || 48,
     temperature: Number($('temperature').value),
     stream: true,
+    // Per-token mixing weights for fusion routes (colours the answer's tokens).
+    stream_options: { include_routing_weights: true },
   };
   const c = await classifyNow();
   if (c && c.result) {

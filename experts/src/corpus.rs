@@ -134,74 +134,8 @@ pub fn sop_eval(seed: u64, n: usize) -> Vec<Example> {
         .collect()
 }
 
-/// The final answer the metric compares for reasoning: what follows the FIRST
-/// `answer is` (any case) / `答案是` / `答案为` / `答案：` marker. A number there is returned
-/// normalised (leading `+` and thousands separators dropped, e.g. `1,000` → `1000`); otherwise
-/// the text up to the next sentence or clause end (`.`, `。`, `,`, `，`, `!`, `?`, `;`, newline),
-/// trimmed, e.g. a name. The first marker counts because a trained model states its answer
-/// once and anything after it is run-on text. `None` when there is no marker or nothing after it.
-pub fn extract_final_answer(text: &str) -> Option<String> {
-    // ASCII lowercasing keeps byte offsets, so positions found in `lower` index `text`.
-    let lower = text.to_ascii_lowercase();
-    let (pos, len) = ["answer is", "答案是", "答案为", "答案："]
-        .iter()
-        .filter_map(|marker| lower.find(marker).map(|pos| (pos, marker.len())))
-        .min_by_key(|&(pos, _)| pos)?;
-    let rest =
-        text[pos + len..].trim_start_matches(|c: char| c.is_whitespace() || c == ':' || c == '：');
-    if let Some(number) = leading_number(rest) {
-        return Some(number);
-    }
-    let end = rest
-        .find(['.', '。', '\n', ',', '，', '!', '！', '?', '？', ';', '；'])
-        .unwrap_or(rest.len());
-    let answer = rest[..end].trim();
-    (!answer.is_empty()).then(|| answer.to_owned())
-}
-
-/// A number at the start of `s` (optional sign, digits with optional `,` thousands separators
-/// and an optional decimal part), normalised; `None` if `s` does not start with one.
-fn leading_number(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut out = String::new();
-    match bytes.first() {
-        Some(b'-') => {
-            out.push('-');
-            i = 1;
-        }
-        Some(b'+') => i = 1,
-        _ => {}
-    }
-    let digits_start = i;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c.is_ascii_digit() {
-            out.push(char::from(c));
-            i += 1;
-        } else if c == b',' && i > digits_start && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
-        {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    if i == digits_start {
-        return None;
-    }
-    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
-        out.push('.');
-        i += 1;
-        while let Some(&c) = bytes.get(i) {
-            if !c.is_ascii_digit() {
-                break;
-            }
-            out.push(char::from(c));
-            i += 1;
-        }
-    }
-    Some(out)
-}
+/// The final answer of a reasoning answer (see [`protocol::quality::extract_final_answer`]).
+pub use protocol::quality::extract_final_answer;
 
 // ---------------------------------------------------------------------------------------------
 // Shared machinery

@@ -49,7 +49,7 @@ pub struct DistillOptions {
 impl Default for DistillOptions {
     fn default() -> Self {
         Self {
-            steps: 300,
+            steps: 800,
             n_prompts: 400,
             max_answer_tokens: 96,
             batch_size: 8,

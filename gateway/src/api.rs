@@ -202,6 +202,10 @@ pub enum StopSpec {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+    /// Stream each piece's per-expert mixing weights (`delta.weights`, in the order of
+    /// `routing.experts`) when the route is a fusion. An extension of OpenAI's shape.
+    #[serde(default)]
+    pub include_routing_weights: bool,
 }
 
 /// `POST /v1/chat/completions` (OpenAI shape, plus `route_hint`).
@@ -304,6 +308,10 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Mixing weight of each expert for this piece (fusion routes, when asked through
+    /// `stream_options.include_routing_weights`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -462,6 +470,8 @@ pub struct ValidChat {
     pub query: String,
     pub sampling: Sampling,
     pub stream: bool,
+    /// Stream per-token mixing weights (`stream_options.include_routing_weights`).
+    pub routing_weights: bool,
     pub hint: Option<RouteHint>,
 }
 
@@ -577,6 +587,10 @@ impl ValidChat {
                 ..Sampling::default()
             },
             stream: r.stream,
+            routing_weights: r.stream
+                && r.stream_options
+                    .as_ref()
+                    .is_some_and(|o| o.include_routing_weights),
             hint: r.route_hint,
         })
     }
@@ -729,7 +743,7 @@ async fn chat_completions(
         sampling: chat.sampling.clone(),
         // A non-streamed answer is fetched whole from the expert too (one write there).
         stream: chat.stream,
-        return_routing_weights: false,
+        return_routing_weights: chat.routing_weights,
     };
     let timeout = state.timeout();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -872,6 +886,7 @@ fn stream_chunks(
                     Delta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
+                        weights: None,
                     },
                     None,
                 );
@@ -885,6 +900,7 @@ fn stream_chunks(
                     Delta {
                         role: None,
                         content: Some(t.text),
+                        weights: t.weights,
                     },
                     None,
                 );

@@ -191,6 +191,34 @@ fn gateway_routes_to_real_expert_processes() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(text.contains("chat.completion.chunk"));
 
+    // A streamed fusion answer carries each piece's mixing weights when asked.
+    let text = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&serde_json::json!({
+            "model": "hybrid",
+            "messages": [{"role": "user", "content": "Explain the plan"}],
+            "max_tokens": 12,
+            "temperature": 0,
+            "stream": true,
+            "stream_options": {"include_routing_weights": true},
+            "route_hint": {"category": "reasoning", "confidence": 0.55, "classifier_version": "test"},
+        }))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let weights: Vec<Vec<f64>> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| serde_json::from_value(c["choices"][0]["delta"]["weights"].clone()).ok())
+        .collect();
+    assert!(!weights.is_empty(), "{text}");
+    for w in &weights {
+        assert_eq!(w.len(), 2);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{w:?}");
+    }
+
     // Bad input is a clear 4xx, not a crash.
     let r = client
         .post(format!("{}/v1/chat/completions", gw.url))

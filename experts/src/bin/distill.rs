@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! distill [--experts models/foundation models/sft-sop] [--router models/routers/btm_token]
-//!         [--mixer models/routers/btm_layer] [--out models/distilled] [--steps 300]
+//!         [--mixer models/routers/btm_layer] [--out models/distilled] [--steps 800]
 //!         [--n_prompts 400] [--reverse_kl 0] [--seed 7] [--force] [--json]
 //! ```
 
@@ -32,7 +32,7 @@ struct Args {
     mixer: PathBuf,
     #[arg(long, default_value = "models/distilled")]
     out: PathBuf,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 800)]
     steps: usize,
     #[arg(long, default_value_t = 400)]
     n_prompts: usize,

@@ -183,6 +183,12 @@ fn run_serve(args: &ServeArgs) -> Result<()> {
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local}");
         let app = experts::server::router(std::sync::Arc::new(state));
+        // Small SSE writes go out at once instead of waiting for the client's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
