@@ -181,7 +181,7 @@ pub fn distill(
 ) -> Result<DistillRecord> {
     if !force && is_complete(out, opts) {
         let bytes = std::fs::read(out.join("distill.json"))
-            .map_err(|e| ExpertError::io(&out.join("distill.json"), e))?;
+            .map_err(|e| ExpertError::io(out.join("distill.json"), e))?;
         return serde_json::from_slice(&bytes)
             .map_err(|e| ExpertError::model(out, format!("bad distill.json: {e}")));
     }
