@@ -2426,29 +2426,6 @@ mod tests {
     }
 
     #[test]
-    fn extract_final_answer_cases() {
-        let cases = [
-            ("12 + 7 = 19. The answer is 19.", Some("19")),
-            ("12 + 7 = 19。答案是19。", Some("19")),
-            ("the answer is: 1,000 apples", Some("1000")),
-            ("The answer is -5.", Some("-5")),
-            ("The answer is 2.5.", Some("2.5")),
-            (
-                "From tallest to shortest: Amy, Ben, Tom. The answer is Amy.",
-                Some("Amy"),
-            ),
-            ("从高到矮：小明、小红、小刚。答案是小明。", Some("小明")),
-            ("The answer is 7. The answer is 8.", Some("7")),
-            ("答案为 42", Some("42")),
-            ("no marker 42", None),
-            ("The answer is", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(extract_final_answer(text).as_deref(), want, "{text}");
-        }
-    }
-
-    #[test]
     fn bounded_for_huge_requests() {
         for len in [
             general_text(3, 1_000_000).len(),

@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -29,6 +28,7 @@ use crate::fusion::{Fusion, TokenRouter, generate_fused};
 use crate::generate::SamplingParams;
 use crate::loader::LoadedModel;
 use crate::model::{Decoder, Path as NumPath};
+use crate::router_train::bar;
 
 /// What to distil and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,17 +71,6 @@ pub struct DistillRecord {
     pub teacher_seconds: f64,
     pub train_seconds: f64,
     pub losses: Vec<f32>,
-}
-
-fn bar(n: usize, label: &str) -> ProgressBar {
-    let b = ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template(
-            "{prefix:>10} {bar:40} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b.set_prefix(label.to_string());
-    b
 }
 
 /// The teacher's transcripts of training prompts, as one token stream.

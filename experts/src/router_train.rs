@@ -68,10 +68,11 @@ pub struct RouterRecord {
     pub summary: serde_json::Value,
 }
 
-fn bar(steps: usize, label: &str) -> ProgressBar {
-    let b = ProgressBar::new(steps as u64).with_style(
+/// A progress bar of `n` steps labelled `label` (training loops of this crate).
+pub(crate) fn bar(n: usize, label: &str) -> ProgressBar {
+    let b = ProgressBar::new(n as u64).with_style(
         ProgressStyle::with_template(
-            "{prefix:>10} {bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+            "{prefix:>10} {bar:40} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
