@@ -329,6 +329,77 @@ impl Session {
         (run, skipped)
     }
 
+    /// The threshold trade-off, computed from the per-item results of the single experts
+    /// and the configured fusion (no extra generation): for each threshold, every item goes
+    /// to its category's expert when the classifier's confidence reaches it, else to the
+    /// fallback (the fusion, or the foundation model without BTM fallback).
+    pub fn sweep(
+        &self,
+        results: &BTreeMap<String, StrategyResult>,
+        items: &[EvalItem],
+    ) -> std::result::Result<Vec<SweepPoint>, String> {
+        let g = &self.config.gateway;
+        let (runnable, _) = self.strategies();
+        let mut by_mode: Vec<(FusionMode, &StrategyResult)> = Vec::new();
+        for (name, strategy) in &runnable {
+            if let (Strategy::Fixed(mode), Some(r)) = (strategy, results.get(name)) {
+                by_mode.push((mode.clone(), r));
+            }
+        }
+        let single = |model: &str| {
+            by_mode.iter().find_map(|(m, r)| match m {
+                FusionMode::Single { model: x } if x == model => Some(*r),
+                _ => None,
+            })
+        };
+        let fallback_fused = self.config.hybrid.routing.enable_btm_fallback;
+        let fallback = if fallback_fused {
+            by_mode
+                .iter()
+                .find_map(|(m, r)| (m.name() == g.fusion.name()).then_some(*r))
+                .ok_or_else(|| format!("the fusion {} did not run", g.fusion.name()))?
+        } else {
+            single(&g.foundation_model)
+                .ok_or_else(|| format!("{} did not run", g.foundation_model))?
+        };
+        let mut routes = Vec::with_capacity(items.len());
+        for item in items {
+            let c = self
+                .classifier
+                .classify(&item.prompt)
+                .map_err(|e| e.to_string())?;
+            let name = self.category_name(c.category);
+            let expert = g
+                .category_experts
+                .get(&name)
+                .ok_or_else(|| format!("no expert for category {name}"))?;
+            let r = single(expert).ok_or_else(|| format!("{expert} did not run"))?;
+            routes.push((f64::from(c.confidence), r));
+        }
+        let thresholds = (10..=19).map(|k| f64::from(k) * 0.05).chain([0.99]);
+        Ok(thresholds
+            .map(|t| {
+                let (mut q, mut cost, mut fused) = (0.0, 0.0, 0usize);
+                for (i, (conf, expert)) in routes.iter().enumerate() {
+                    let r = if *conf >= t { *expert } else { fallback };
+                    if *conf < t && fallback_fused {
+                        fused += 1;
+                    }
+                    let (score, c) = r.per_item.get(i).copied().unwrap_or_default();
+                    q += score;
+                    cost += c;
+                }
+                let n = items.len().max(1) as f64;
+                SweepPoint {
+                    threshold: t,
+                    quality: q / n,
+                    cost: cost / n,
+                    btm_share: fused as f64 / n,
+                }
+            })
+            .collect())
+    }
+
     /// Runs every item under one strategy, one at a time (so wall time is per strategy).
     pub async fn evaluate(
         &self,
@@ -337,6 +408,7 @@ impl Session {
     ) -> Result<StrategyResult> {
         let start = Instant::now();
         let mut scores = Vec::with_capacity(items.len());
+        let mut per_item = Vec::with_capacity(items.len());
         let (mut cost, mut fused, mut tokens, mut forwards) = (0.0f64, 0usize, 0usize, 0u64);
         for item in items {
             let mode = match strategy {
@@ -348,6 +420,7 @@ impl Session {
             }
             let (text, record) = self.generate(mode, &item.prompt, false, |_| {}).await?;
             scores.push((item.label, item.score(&text)));
+            per_item.push((item.score(&text), f64::from(record.cost.forwards_per_token)));
             cost += f64::from(record.cost.forwards_per_token);
             tokens += record.usage.completion_tokens;
             forwards += record.cost.total_token_forwards;
@@ -377,6 +450,7 @@ impl Session {
             wall_s: start.elapsed().as_secs_f64(),
             completion_tokens: tokens,
             total_token_forwards: forwards,
+            per_item,
         })
     }
 
@@ -406,10 +480,18 @@ impl Session {
             order.push(name.clone());
             strategies.insert(name, result);
         }
+        let sweep = match self.sweep(&strategies, items) {
+            Ok(points) => Some(points),
+            Err(why) => {
+                eprintln!("eval: no threshold sweep: {why}");
+                None
+            }
+        };
         Ok(EvalReport {
             strategies,
             order,
             skipped,
+            sweep,
             categories: self.config.hybrid.categories.clone(),
             metric: METRIC.into(),
         })
@@ -552,6 +634,19 @@ pub struct StrategyResult {
     pub wall_s: f64,
     pub completion_tokens: usize,
     pub total_token_forwards: u64,
+    /// Per item, in the eval file's order: (score, forwards per token).
+    #[serde(skip)]
+    pub per_item: Vec<(f64, f64)>,
+}
+
+/// One threshold of the cost–quality trade-off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub threshold: f64,
+    pub quality: f64,
+    /// Mean model forwards per token.
+    pub cost: f64,
+    pub btm_share: f64,
 }
 
 /// The result of an eval run.
@@ -566,6 +661,10 @@ pub struct EvalReport {
     #[serde(skip)]
     pub categories: Vec<String>,
     pub metric: String,
+    /// Quality and cost of the threshold rule from 0.5 to 0.99 (when the single experts
+    /// and the fusion ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Vec<SweepPoint>>,
 }
 
 impl EvalReport {
@@ -609,7 +708,100 @@ impl EvalReport {
             out.push('\n');
         }
         out.push_str(&format!("\nQuality: {}.\n", self.metric));
+        if let Some(points) = &self.sweep {
+            out.push_str(
+                "\nThreshold sweep (the seed's rule; from the per-item results above):\n\n",
+            );
+            out.push_str("| threshold | quality | cost (forwards/token) | routed to BTM |\n");
+            out.push_str("|---:|---:|---:|---:|\n");
+            for p in points {
+                out.push_str(&format!(
+                    "| {:.2} | {:.3} | {:.2} | {:.0}% |\n",
+                    p.threshold,
+                    p.quality,
+                    p.cost,
+                    100.0 * p.btm_share
+                ));
+            }
+        }
         out
+    }
+
+    /// The cost–quality curve of the sweep as SVG: the threshold rule's points (0.85, the
+    /// seed's default, marked) and each fixed strategy as a labelled point.
+    pub fn sweep_svg(&self) -> Option<String> {
+        use plotters::prelude::*;
+        let points = self.sweep.as_ref()?;
+        let fixed: Vec<(&String, &StrategyResult)> = self
+            .strategies
+            .iter()
+            .filter(|(name, _)| name.as_str() != "hybrid")
+            .collect();
+        let qmax = points
+            .iter()
+            .map(|p| p.quality)
+            .chain(fixed.iter().map(|(_, r)| r.quality))
+            .fold(0.0f64, f64::max)
+            .max(0.05)
+            * 1.15;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+            let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
+                root.fill(&WHITE)?;
+                let mut chart = ChartBuilder::on(&root)
+                    .caption("quality vs cost: threshold sweep", ("sans-serif", 20))
+                    .margin(16)
+                    .x_label_area_size(40)
+                    .y_label_area_size(50)
+                    .build_cartesian_2d(0.9f64..2.35f64, 0.0f64..qmax)?;
+                chart
+                    .configure_mesh()
+                    .x_desc("mean cost (model forwards per token)")
+                    .y_desc("quality")
+                    .draw()?;
+                chart.draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.cost, p.quality)),
+                    &BLUE,
+                ))?;
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(|p| Circle::new((p.cost, p.quality), 3, BLUE.filled())),
+                )?;
+                if let Some(p) = points.iter().find(|p| (p.threshold - 0.85).abs() < 1e-9) {
+                    chart.draw_series([Circle::new(
+                        (p.cost, p.quality),
+                        7,
+                        RED.stroke_width(2),
+                    )])?;
+                    chart.draw_series([Text::new(
+                        "threshold 0.85",
+                        (p.cost + 0.02, p.quality),
+                        ("sans-serif", 14).into_font().color(&RED),
+                    )])?;
+                }
+                for (name, r) in &fixed {
+                    chart.draw_series([TriangleMarker::new(
+                        (r.cost, r.quality),
+                        6,
+                        BLACK.filled(),
+                    )])?;
+                    chart.draw_series([Text::new(
+                        name.to_string(),
+                        (r.cost + 0.02, r.quality),
+                        ("sans-serif", 13).into_font(),
+                    )])?;
+                }
+                root.present()?;
+                Ok(())
+            };
+            if let Err(e) = draw() {
+                tracing::warn!(error = %e, "could not draw the sweep plot");
+                return None;
+            }
+        }
+        Some(svg)
     }
 
     /// `{"strategies": {NAME: {...}}, "skipped": {...}, "metric": ...}` on one line.
@@ -621,7 +813,11 @@ impl EvalReport {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| GatewayError::io(format!("creating {}", dir.display()), e))?;
-        for (file, text) in [("table.md", self.table()), ("results.json", self.json())] {
+        let mut files = vec![("table.md", self.table()), ("results.json", self.json())];
+        if let Some(svg) = self.sweep_svg() {
+            files.push(("sweep.svg", svg));
+        }
+        for (file, text) in files {
             let path = dir.join(file);
             std::fs::write(&path, text)
                 .map_err(|e| GatewayError::io(format!("writing {}", path.display()), e))?;

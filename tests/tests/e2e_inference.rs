@@ -186,6 +186,36 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap())
             .unwrap();
     assert_eq!(saved, report);
+    // The threshold sweep: 0.50 … 0.95 and 0.99; the lowest threshold sends every item to
+    // a single expert, the highest sends at least as many to the fusion as any other, and
+    // the point at the config's threshold is exactly the hybrid strategy's result.
+    let sweep = report["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 11, "{report}");
+    let at = |i: usize, k: &str| sweep[i][k].as_f64().unwrap();
+    assert!((at(0, "threshold") - 0.5).abs() < 1e-9 && (at(10, "threshold") - 0.99).abs() < 1e-9);
+    assert!(at(0, "btm_share") <= at(10, "btm_share"));
+    for i in 1..sweep.len() {
+        assert!(at(i, "btm_share") >= at(i - 1, "btm_share"), "{report}");
+        assert!(
+            (at(i, "cost") - (1.0 + at(i, "btm_share"))).abs() < 1e-9,
+            "{report}"
+        );
+    }
+    let p85 = sweep
+        .iter()
+        .find(|p| (p["threshold"].as_f64().unwrap() - 0.85).abs() < 1e-9)
+        .unwrap();
+    assert!(
+        (p85["quality"].as_f64().unwrap() - strategies["hybrid"]["quality"].as_f64().unwrap())
+            .abs()
+            < 1e-9
+    );
+    assert!((p85["cost"].as_f64().unwrap() - hybrid).abs() < 1e-9);
+    let svg = std::fs::read_to_string(results.join("sweep.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("threshold 0.85"),
+        "{svg}"
+    );
     assert!(processes_mentioning(cfg).is_empty());
 
     // Bad input: a clear error and a non-zero exit, before anything starts.
