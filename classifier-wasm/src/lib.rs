@@ -24,6 +24,8 @@ pub mod train;
 
 #[cfg(feature = "native")]
 pub mod config;
+#[cfg(feature = "native")]
+pub mod feedback;
 
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

@@ -50,7 +50,9 @@ const MAX_STOP_SEQUENCES: usize = 4;
 #[derive(Debug)]
 pub struct AppState {
     pub config: Arc<GatewayConfig>,
-    pub classifier: Arc<dyn Classifier>,
+    /// The server-side classifier; replaced whole by `POST /admin/reload_classifier`
+    /// (requests in flight keep the one they started with).
+    classifier: std::sync::RwLock<Arc<dyn Classifier>>,
     pub policy: Arc<dyn RoutingPolicy>,
     pub dispatcher: Arc<Dispatcher>,
     pub feedback: Arc<FeedbackStore>,
@@ -97,7 +99,7 @@ impl AppState {
             permits: Arc::new(Semaphore::new(config.gateway.max_concurrent_requests)),
             key_permits,
             config: Arc::new(config),
-            classifier,
+            classifier: std::sync::RwLock::new(classifier),
             policy,
             dispatcher: Arc::new(Dispatcher::new(backends)),
             feedback,
@@ -105,6 +107,22 @@ impl AppState {
             key_digests,
             metrics: telemetry::prometheus(),
         }
+    }
+
+    /// The classifier requests use now.
+    pub fn classifier(&self) -> Arc<dyn Classifier> {
+        Arc::clone(&self.classifier.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Rebuilds the classifier from the config (e.g. after `train_classifier
+    /// --from_feedback` wrote a new checkpoint) and swaps it in; on error the current one
+    /// stays.
+    pub fn reload_classifier(&self) -> Result<Arc<dyn Classifier>> {
+        let fresh: Arc<dyn Classifier> =
+            Arc::from(self.config.hybrid.build_classifier(None, None)?);
+        *self.classifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh);
+        metrics::counter!("gateway_classifier_reloads_total").increment(1);
+        Ok(fresh)
     }
 
     /// Replaces the routing policy (e.g. a dynamic-threshold one).
@@ -645,7 +663,7 @@ impl AppState {
             }
             _ => {}
         }
-        Ok((self.classifier.classify(&chat.query)?, "server"))
+        Ok((self.classifier().classify(&chat.query)?, "server"))
     }
 
     /// Classifies (or takes the hint) and decides the route.
@@ -952,10 +970,10 @@ async fn classify(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>> {
-    let c = state.classifier.classify(&request.text)?;
+    let classifier = state.classifier();
+    let c = classifier.classify(&request.text)?;
     Ok(Json(ClassifyResponse {
-        category: state
-            .classifier
+        category: classifier
             .categories()
             .get(c.category)
             .cloned()
@@ -963,8 +981,18 @@ async fn classify(
         label: c.category,
         confidence: c.confidence,
         scores: c.scores,
-        version: state.classifier.version().to_string(),
+        version: classifier.version().to_string(),
     }))
+}
+
+/// `POST /admin/reload_classifier`: reloads the classifier from the config's checkpoint
+/// (online learning) without a restart; answers the new version.
+async fn reload_classifier(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>> {
+    let fresh = state.reload_classifier()?;
+    tracing::info!(version = %fresh.version(), "classifier reloaded");
+    Ok(Json(
+        serde_json::json!({"status": "reloaded", "version": fresh.version()}),
+    ))
 }
 
 #[utoipa::path(
@@ -1174,6 +1202,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/classify", post(classify))
         .route("/v1/feedback", post(feedback))
+        .route("/admin/reload_classifier", post(reload_classifier))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
     let open = Router::new()
         .route("/health", get(health))

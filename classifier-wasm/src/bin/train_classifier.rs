@@ -40,6 +40,12 @@ struct Args {
     #[arg(long)]
     train_file: Option<PathBuf>,
 
+    /// Online learning: also train on the ratings in the gateway's feedback database
+    /// (`gateway.feedback_db`): +1 confirms the routed category, -1 (two categories)
+    /// names the other. Added to --train_file's data.
+    #[arg(long, requires = "train_file")]
+    from_feedback: Option<PathBuf>,
+
     /// Validation data for calibration (default: val.jsonl beside --train_file).
     #[arg(long)]
     val_file: Option<PathBuf>,
@@ -209,7 +215,22 @@ fn run_training(
     train_file: &Path,
     json_out: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<PathBuf> {
-    let train_set = read_jsonl(train_file)?;
+    let mut train_set = read_jsonl(train_file)?;
+    if let Some(db) = &args.from_feedback {
+        let fb = classifier::feedback::read_feedback(db, &config.categories)?;
+        println!(
+            "feedback: {} ratings in {}, {} training examples, {} skipped",
+            fb.rows,
+            db.display(),
+            fb.examples.len(),
+            fb.skipped
+        );
+        json_out.insert(
+            "feedback".into(),
+            serde_json::json!({"rows": fb.rows, "examples": fb.examples.len(), "skipped": fb.skipped}),
+        );
+        train_set.extend(fb.examples);
+    }
     let val_file = args
         .val_file
         .clone()
