@@ -28,7 +28,7 @@ use crate::fusion::{Fusion, TokenRouter, generate_fused};
 use crate::generate::SamplingParams;
 use crate::loader::LoadedModel;
 use crate::model::{Decoder, Path as NumPath};
-use crate::router_train::bar;
+use crate::router_train::{bar, expert_outputs};
 
 /// What to distil and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,19 +125,7 @@ fn transcripts(
 
 /// Log-probabilities `[n, vocab]` of the teacher (`btm_token` mixture) on windows `x`.
 fn teacher_logp(experts: &[&LoadedModel], router: &TokenRouter, x: &Tensor) -> Result<Tensor> {
-    let (b, t) = x.dims2()?;
-    let mut hidden = Vec::new();
-    let mut logps = Vec::new();
-    for m in experts {
-        let out = m.decoder.forward(x, None, false, true, NumPath::Fused)?;
-        let h = out
-            .hidden_states
-            .and_then(|mut h| h.pop())
-            .ok_or_else(|| ExpertError::Training("no hidden states".into()))?;
-        hidden.push(h.reshape((b * t, ()))?.to_dtype(DType::F32)?);
-        let logits = out.logits.reshape((b * t, ()))?.to_dtype(DType::F32)?;
-        logps.push(candle_nn::ops::log_softmax(&logits, D::Minus1)?);
-    }
+    let (hidden, logps) = expert_outputs(experts, x)?;
     let w = router.weights(&hidden)?; // [n, E]
     // log Σ_e w_e p_e, stably.
     let terms: Vec<Tensor> = logps

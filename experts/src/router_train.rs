@@ -125,14 +125,13 @@ fn batch(
     ))
 }
 
-/// Each expert's final hidden states `[n, h]` and log-probability of the targets `[n, 1]`.
-fn expert_features(
+/// Each expert's final normed hidden states `[n, h]` and next-token log-probabilities
+/// `[n, vocab]` on `x` (`[b, t]`, `n = b·t`), detached (the experts stay frozen).
+pub(crate) fn expert_outputs(
     models: &[&LoadedModel],
     x: &Tensor,
-    y: &Tensor,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let (b, t) = x.dims2()?;
-    let targets = y.reshape((b * t, 1))?;
     let mut hidden = Vec::new();
     let mut logp = Vec::new();
     for m in models {
@@ -142,9 +141,24 @@ fn expert_features(
             .and_then(|mut h| h.pop())
             .ok_or_else(|| ExpertError::Training("no hidden states".into()))?;
         hidden.push(h.reshape((b * t, ()))?.to_dtype(DType::F32)?.detach());
-        let lp = candle_nn::ops::log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?;
-        logp.push(lp.reshape((b * t, ()))?.gather(&targets, 1)?.detach());
+        let logits = out.logits.reshape((b * t, ()))?.to_dtype(DType::F32)?;
+        logp.push(candle_nn::ops::log_softmax(&logits, D::Minus1)?.detach());
     }
+    Ok((hidden, logp))
+}
+
+/// Each expert's final hidden states `[n, h]` and log-probability of the targets `[n, 1]`.
+fn expert_features(
+    models: &[&LoadedModel],
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let targets = y.reshape((y.elem_count(), 1))?;
+    let (hidden, logp) = expert_outputs(models, x)?;
+    let logp = logp
+        .iter()
+        .map(|lp| Ok(lp.gather(&targets, 1)?))
+        .collect::<Result<_>>()?;
     Ok((hidden, logp))
 }
 
