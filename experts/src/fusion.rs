@@ -411,24 +411,6 @@ impl<'a> FusedSequence<'a> {
         Ok(Self { fusion, caches })
     }
 
-    pub fn fusion(&self) -> &Fusion<'a> {
-        &self.fusion
-    }
-
-    /// Positions held in the caches.
-    pub fn len(&self) -> usize {
-        self.caches.first().map_or(0, KvCache::len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes held by the KV caches of all experts of this sequence.
-    pub fn cache_bytes(&self) -> usize {
-        self.caches.iter().map(KvCache::bytes).sum()
-    }
-
     /// Feeds `ids` (the prompt, or one token) to this sequence alone and returns the
     /// next-token distribution with the mixing weights.
     pub fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
@@ -751,11 +733,6 @@ impl<'a> Decoding<'a> {
         self.prefill_seconds = seconds;
     }
 
-    /// Tokens generated so far.
-    pub fn generated(&self) -> usize {
-        self.tokens.len()
-    }
-
     /// Takes one step's output: samples the next token and passes each completed text
     /// piece to `on_text(piece, weights)` (false = the client is gone). Returns the token
     /// to feed next, or `None` once the sequence has ended.
@@ -803,11 +780,6 @@ impl<'a> Decoding<'a> {
     fn end(&mut self, reason: FinishReason) -> Option<u32> {
         self.finish.get_or_insert(reason);
         None
-    }
-
-    /// Whether the sequence has ended.
-    pub fn is_finished(&self) -> bool {
-        self.finish.is_some()
     }
 
     /// Flushes text held back by the stop filter (unless a stop string matched) through
