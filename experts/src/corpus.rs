@@ -134,6 +134,62 @@ pub fn sop_eval(seed: u64, n: usize) -> Vec<Example> {
         .collect()
 }
 
+/// The business area an SOP intent belongs to: the three SFT experts of the multi-expert
+/// configuration are each branched on one area's procedures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SopArea {
+    /// Orders, returns, refunds, deliveries, warranty, escalation.
+    CustomerService,
+    /// Plans, quotes, coupons, billing details, onboarding, cancellation.
+    Sales,
+    /// Accounts, passwords, two-factor, devices and apps.
+    TechSupport,
+}
+
+impl SopArea {
+    pub const ALL: [Self; 3] = [Self::CustomerService, Self::Sales, Self::TechSupport];
+
+    /// `customer_service`, `sales`, `tech_support` (category names of the multi config).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CustomerService => "customer_service",
+            Self::Sales => "sales",
+            Self::TechSupport => "tech_support",
+        }
+    }
+
+    /// The expert's model name: `sft-customer-service`, `sft-sales`, `sft-tech-support`.
+    pub fn model_name(self) -> String {
+        format!("sft-{}", self.name().replace('_', "-"))
+    }
+
+    fn of_intent(name: &str) -> Self {
+        match name {
+            "password_reset" | "account_locked" | "lost_2fa_phone" | "wifi_not_working"
+            | "app_crashes" | "printer_offline" => Self::TechSupport,
+            "cancel_subscription"
+            | "upgrade_plan"
+            | "update_billing_address"
+            | "invoice_copy"
+            | "sales_quote"
+            | "coupon_not_working"
+            | "onboarding" => Self::Sales,
+            _ => Self::CustomerService,
+        }
+    }
+}
+
+/// SOP training pairs of one area (never overlapping the eval set).
+pub fn sop_train_area(seed: u64, n: usize, area: SopArea) -> Vec<Example> {
+    sop_area_items(seed, n, false, area)
+}
+
+/// Held-out SOP eval pairs of one area (same split rules as [`sop_eval`]).
+pub fn sop_eval_area(seed: u64, n: usize, area: SopArea) -> Vec<Example> {
+    sop_area_items(seed, n, true, area)
+}
+
 /// The final answer of a reasoning answer (see [`protocol::quality::extract_final_answer`]).
 pub use protocol::quality::extract_final_answer;
 
@@ -1204,7 +1260,6 @@ const SOP_TRAIN_TEMPLATES: usize = SOP_TEMPLATES - SOP_EVAL_TEMPLATES;
 
 /// One SOP intent: its canonical procedure per language and its question phrasings.
 struct Intent {
-    #[cfg_attr(not(test), allow(dead_code))]
     name: &'static str,
     en: &'static str,
     zh: &'static str,
@@ -2120,8 +2175,16 @@ fn sop_slot(rng: &mut ChaCha8Rng, lang: Lang, eval: bool, slot: &str) -> String 
     pick_listed(rng, list, eval)
 }
 
-fn sop_example(rng: &mut ChaCha8Rng, lang: Lang, eval: bool) -> (usize, Example) {
-    let index = rng.random_range(0..INTENTS.len());
+fn sop_example(
+    rng: &mut ChaCha8Rng,
+    lang: Lang,
+    eval: bool,
+    intents: Option<&[usize]>,
+) -> (usize, Example) {
+    let index = match intents {
+        Some(list) if !list.is_empty() => list[rng.random_range(0..list.len())],
+        _ => rng.random_range(0..INTENTS.len()),
+    };
     let intent = &INTENTS[index];
     let range = if eval {
         SOP_TRAIN_TEMPLATES..SOP_TEMPLATES
@@ -2152,8 +2215,29 @@ fn sop_items(seed: u64, n: usize, eval: bool) -> Vec<(usize, Example)> {
         n,
         &mut rng,
         |(_, ex): &(usize, Example)| ex.prompt.as_str(),
-        |rng, lang| Some(sop_example(rng, lang, eval)),
+        |rng, lang| Some(sop_example(rng, lang, eval, None)),
     )
+}
+
+fn sop_area_items(seed: u64, n: usize, eval: bool, area: SopArea) -> Vec<Example> {
+    let salt = if eval { SALT_SOP_EVAL } else { SALT_SOP_TRAIN };
+    // A distinct stream per area, so areas do not repeat each other's draws.
+    let mut rng = rng_for(seed ^ ((area as u64 + 1) << 56), salt);
+    let intents: Vec<usize> = INTENTS
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| SopArea::of_intent(i.name) == area)
+        .map(|(k, _)| k)
+        .collect();
+    collect_distinct(
+        n,
+        &mut rng,
+        |(_, ex): &(usize, Example)| ex.prompt.as_str(),
+        |rng, lang| Some(sop_example(rng, lang, eval, Some(&intents))),
+    )
+    .into_iter()
+    .map(|(_, ex)| ex)
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2319,6 +2403,38 @@ mod tests {
             (1500..2500).contains(&held),
             "{held} of 9801 additions held out"
         );
+    }
+
+    #[test]
+    fn sop_areas_partition_the_intents() {
+        let mut counts = std::collections::HashMap::new();
+        for i in INTENTS {
+            *counts.entry(SopArea::of_intent(i.name)).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        assert!(counts.values().all(|&c| c >= 5), "{counts:?}");
+        for area in SopArea::ALL {
+            let answers: HashSet<&str> = INTENTS
+                .iter()
+                .filter(|i| SopArea::of_intent(i.name) == area)
+                .flat_map(|i| [i.en, i.zh])
+                .collect();
+            let train = sop_train_area(3, 400, area);
+            let eval = sop_eval_area(3, 100, area);
+            assert_eq!(train.len(), 400);
+            assert_eq!(eval.len(), 100);
+            for ex in train.iter().chain(&eval) {
+                assert_eq!(ex.domain, Domain::Sop);
+                assert!(answers.contains(ex.answer.as_str()), "{area:?}: {ex:?}");
+            }
+            let train_prompts: HashSet<&str> = train.iter().map(|e| e.prompt.as_str()).collect();
+            assert!(
+                eval.iter()
+                    .all(|e| !train_prompts.contains(e.prompt.as_str()))
+            );
+            assert_eq!(sop_train_area(3, 400, area), train, "deterministic");
+        }
+        assert_eq!(SopArea::TechSupport.model_name(), "sft-tech-support");
     }
 
     #[test]

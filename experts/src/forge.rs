@@ -521,7 +521,8 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
 
     let device = Device::Cpu;
     let need_foundation = opts.force || !is_complete(&foundation_dir, p, seed);
-    let need_sft = need_foundation || opts.force || !is_complete(&sft_dir, p, seed);
+    // The SFT branch trains with seed + 1 (recorded as such in its forge.json).
+    let need_sft = need_foundation || opts.force || !is_complete(&sft_dir, p, seed + 1);
 
     if need_foundation || need_sft {
         let general = corpus::general_text(seed, p.n_general);
@@ -706,5 +707,179 @@ pub fn score_domains(
         sop_exact: exact / n_s,
         reasoning_nll,
         sop_nll,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Three or more experts: one SFT branch per SOP area
+// ---------------------------------------------------------------------------------------------
+
+/// Category names of the multi-expert configuration, in label order.
+pub fn area_categories() -> Vec<String> {
+    std::iter::once("reasoning".to_string())
+        .chain(corpus::SopArea::ALL.iter().map(|a| a.name().to_string()))
+        .collect()
+}
+
+/// What [`forge_areas`] produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AreasReport {
+    /// The foundation / sft-sop pair the areas branch from.
+    pub pair: ForgeReport,
+    /// `(model name, directory, training record)` of each area expert.
+    pub experts: Vec<(String, PathBuf, TrainRecord)>,
+    /// Four-category eval file (`{"prompt", "reference", "label"}`).
+    pub eval_file: PathBuf,
+    /// Classifier data (`{"query", "label"}`): `train.jsonl` and `val.jsonl`.
+    pub classifier_dir: PathBuf,
+    /// Per model, per category: quality of greedy answers and reference NLL.
+    pub scores: Vec<(String, Vec<CategoryScore>)>,
+}
+
+/// One model's scores on one category of the four-category eval set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CategoryScore {
+    pub category: String,
+    /// Mean [`crate::quality::score`] of greedy answers.
+    pub quality: f64,
+    /// Mean negative log-likelihood per reference token.
+    pub nll: f64,
+}
+
+/// The multi-expert forge: the foundation / sft-sop pair (reused when complete), then three
+/// SFT experts branched from `foundation`, one per [`corpus::SopArea`]
+/// (`sft-customer-service`, `sft-sales`, `sft-tech-support`), each fine-tuned on its area's
+/// procedures only with the profile's SFT schedule. Also writes the four-category held-out
+/// eval set `eval/multi.jsonl` (reasoning, customer_service, sales, tech_support) and the
+/// four-class classifier's training data `classifier-multi/{train,val}.jsonl`, drawn from
+/// the training splits only. Deterministic and resumable like [`forge`].
+pub fn forge_areas(opts: &ForgeOptions) -> Result<AreasReport> {
+    let pair = forge(&ForgeOptions {
+        evaluate: false,
+        ..opts.clone()
+    })?;
+    let p = &opts.profile;
+    let seed = opts.seed;
+    let out = &opts.out;
+    let template = ChatTemplate::new(CHAT_TEMPLATE);
+    let categories = area_categories();
+
+    // Four-category eval set: held-out items only.
+    let per_category = (p.n_eval / 2).max(1);
+    let mut eval_sets: Vec<Vec<Example>> = vec![corpus::reasoning_eval(seed, per_category)];
+    for area in corpus::SopArea::ALL {
+        eval_sets.push(corpus::sop_eval_area(seed, per_category, area));
+    }
+    let eval_file = out.join("eval").join("multi.jsonl");
+    let mut text = String::new();
+    for (label, set) in eval_sets.iter().enumerate() {
+        for ex in set {
+            let line =
+                serde_json::json!({"prompt": ex.prompt, "reference": ex.answer, "label": label});
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+    }
+    std::fs::write(&eval_file, text).map_err(|e| ExpertError::io(&eval_file, e))?;
+
+    // Classifier data from the training splits (a different draw than the experts' data).
+    let classifier_dir = out.join("classifier-multi");
+    std::fs::create_dir_all(&classifier_dir).map_err(|e| ExpertError::io(&classifier_dir, e))?;
+    for (file, draw_seed, n) in [("train.jsonl", seed + 7, 600), ("val.jsonl", seed + 8, 120)] {
+        let mut sets = vec![corpus::reasoning_train(draw_seed, n)];
+        for area in corpus::SopArea::ALL {
+            sets.push(corpus::sop_train_area(draw_seed, n, area));
+        }
+        let mut text = String::new();
+        // Interleave categories so a reader of the first lines sees all four.
+        let longest = sets.iter().map(Vec::len).max().unwrap_or(0);
+        for i in 0..longest {
+            for (label, set) in sets.iter().enumerate() {
+                if let Some(ex) = set.get(i) {
+                    let line = serde_json::json!({"query": ex.prompt, "label": label});
+                    text.push_str(&line.to_string());
+                    text.push('\n');
+                }
+            }
+        }
+        let path = classifier_dir.join(file);
+        std::fs::write(&path, text).map_err(|e| ExpertError::io(&path, e))?;
+    }
+
+    let device = Device::Cpu;
+    let tok_path = pair.foundation.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+        .map_err(|e| ExpertError::model(&tok_path, e.to_string()))?;
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| ExpertError::Tokenizer(format!("special token {t} missing")))
+    };
+    let (eot, bos, eos) = (id(END_OF_TEXT)?, id(BOS)?, id(EOS)?);
+    let config = p.model_config(bos, eos);
+    let mut experts = Vec::new();
+    for (k, area) in corpus::SopArea::ALL.into_iter().enumerate() {
+        let name = area.model_name();
+        let dir = out.join(&name);
+        let branch_seed = seed + 2 + k as u64;
+        if opts.force || !is_complete(&dir, p, branch_seed) {
+            let docs: Vec<String> = corpus::sop_train_area(seed, p.n_sop, area)
+                .iter()
+                .map(|e| chat_document(&template, e))
+                .collect::<Result<_>>()?;
+            let stream = tokenize_stream(&tokenizer, &docs, eot)?;
+            let mut varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let decoder = Decoder::new(&config, vb)?;
+            varmap.load(pair.foundation.join("model.safetensors"))?;
+            let record = train_steps(
+                &decoder,
+                &varmap,
+                &stream,
+                p,
+                p.sft_steps,
+                p.sft_lr,
+                branch_seed,
+                &name,
+            )?;
+            let tmp = out.join(format!(".{name}.tmp"));
+            write_model_files(&tmp, &config, &tok_path)?;
+            varmap.save(tmp.join("model.safetensors"))?;
+            write_json(&tmp.join("forge.json"), &record)?;
+            commit_dir(&tmp, &dir)?;
+        }
+        experts.push((name, dir.clone(), read_record(&dir)?));
+    }
+
+    let mut scores = Vec::new();
+    if opts.evaluate {
+        let n = (p.n_eval / 5).max(2);
+        let dirs = [pair.foundation.clone(), pair.sft.clone()]
+            .into_iter()
+            .chain(experts.iter().map(|(_, d, _)| d.clone()));
+        for dir in dirs {
+            let model = load_model(&dir, DType::F32, &device)?;
+            let mut row = Vec::new();
+            for (category, set) in categories.iter().zip(&eval_sets) {
+                let set = &set[..n.min(set.len())];
+                let mut quality = 0.0;
+                for ex in set {
+                    quality += crate::quality::score(&answer(&model, &ex.prompt, 128)?, &ex.answer);
+                }
+                row.push(CategoryScore {
+                    category: category.clone(),
+                    quality: quality / set.len().max(1) as f64,
+                    nll: mean_nll(&model, set)?,
+                });
+            }
+            scores.push((model.name.clone(), row));
+        }
+    }
+    Ok(AreasReport {
+        pair,
+        experts,
+        eval_file,
+        classifier_dir,
+        scores,
     })
 }

@@ -97,6 +97,83 @@ fn forging_is_deterministic() {
     }
 }
 
+/// The multi-expert forge: three area branches, a four-category eval set and classifier
+/// data; same seed → same files; a second run reuses every complete model.
+#[test]
+fn area_experts_are_forged_resumably() {
+    let tiny = ForgeProfile {
+        name: "tiny".into(),
+        foundation_steps: 4,
+        sft_steps: 3,
+        n_general: 200,
+        n_reasoning: 200,
+        n_sop: 200,
+        n_eval: 8,
+        ..ForgeProfile::small()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ForgeOptions {
+        out: dir.path().to_path_buf(),
+        profile: tiny,
+        seed: 11,
+        force: false,
+        evaluate: false,
+    };
+    let report = experts::forge::forge_areas(&opts).unwrap();
+    let names: Vec<&str> = report.experts.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sft-customer-service", "sft-sales", "sft-tech-support"]
+    );
+    for (_, d, r) in &report.experts {
+        assert_eq!(r.steps, 3);
+        load_model(d, DType::F32, &Device::Cpu).unwrap();
+    }
+    let labels: std::collections::BTreeSet<u64> = std::fs::read_to_string(&report.eval_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["label"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(labels, [0, 1, 2, 3].into_iter().collect());
+    let train = std::fs::read_to_string(report.classifier_dir.join("train.jsonl")).unwrap();
+    assert!(
+        train.lines().count() >= 4 * 100,
+        "{}",
+        train.lines().count()
+    );
+    assert_eq!(
+        experts::forge::area_categories(),
+        ["reasoning", "customer_service", "sales", "tech_support"]
+    );
+
+    // A second run trains nothing: every forge.json (written last) is untouched.
+    let stamp = |m: &str| {
+        std::fs::metadata(dir.path().join(m).join("forge.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let models = [
+        "foundation",
+        "sft-sop",
+        "sft-customer-service",
+        "sft-sales",
+        "sft-tech-support",
+    ];
+    let before: Vec<_> = models.iter().map(|m| stamp(m)).collect();
+    let again = experts::forge::forge_areas(&opts).unwrap();
+    let after: Vec<_> = models.iter().map(|m| stamp(m)).collect();
+    assert_eq!(before, after, "a complete model was trained again");
+    assert_eq!(
+        again.experts[1].2.final_loss,
+        report.experts[1].2.final_loss
+    );
+}
+
 #[test]
 fn generation_streams_and_stops() {
     let (out, _) = forged();

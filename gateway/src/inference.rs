@@ -55,6 +55,31 @@ pub const STRATEGIES: [&str; 7] = [
     "distilled",
 ];
 
+/// Pixel size of the sweep plot (SVG and PNG).
+const SWEEP_PLOT_SIZE: (u32, u32) = (720, 480);
+
+/// Registers the embedded font plotters draws text with (once per process).
+fn register_plot_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            ttf_noto_sans::REGULAR,
+        )
+        .is_err()
+        {
+            tracing::warn!("the embedded plot font did not load; plot text may be missing");
+        }
+    });
+}
+
+/// A strategy name `--strategies` accepts: one of [`STRATEGIES`] or `sft:<category>` (the
+/// single experts of a config with several SFT experts).
+pub fn is_strategy_name(name: &str) -> bool {
+    STRATEGIES.contains(&name) || name.strip_prefix("sft:").is_some_and(|c| !c.is_empty())
+}
+
 /// The model name that, when present in `experts.models`, is evaluated as `distilled`.
 pub const DISTILLED_MODEL: &str = "distilled";
 
@@ -262,18 +287,39 @@ impl Session {
                 model: g.foundation_model.clone(),
             })),
         );
-        let sft = self
-            .config
-            .hybrid
-            .categories
-            .iter()
-            .filter_map(|c| g.category_experts.get(c))
-            .find(|m| **m != g.foundation_model);
-        add(
-            "sft",
-            sft.map(|m| Strategy::Fixed(FusionMode::Single { model: m.clone() }))
-                .ok_or_else(|| "no category expert other than the foundation model".to_string()),
-        );
+        // The category experts other than the foundation: one `sft` strategy, or with several
+        // (three or more experts) one `sft:<category>` each.
+        let mut sfts: Vec<(&String, &String)> = Vec::new();
+        for c in &self.config.hybrid.categories {
+            if let Some(m) = g.category_experts.get(c)
+                && *m != g.foundation_model
+                && !sfts.iter().any(|(_, seen)| *seen == m)
+            {
+                sfts.push((c, m));
+            }
+        }
+        match sfts.as_slice() {
+            [] => add(
+                "sft",
+                Err("no category expert other than the foundation model".to_string()),
+            ),
+            [(_, m)] => add(
+                "sft",
+                Ok(Strategy::Fixed(FusionMode::Single {
+                    model: (*m).clone(),
+                })),
+            ),
+            many => {
+                for (c, m) in many {
+                    add(
+                        &format!("sft:{c}"),
+                        Ok(Strategy::Fixed(FusionMode::Single {
+                            model: (*m).clone(),
+                        })),
+                    );
+                }
+            }
+        }
         add(
             "ensemble",
             Ok(Strategy::Fixed(FusionMode::Ensemble {
@@ -458,16 +504,19 @@ impl Session {
     pub async fn evaluate_all(&self, items: &[EvalItem], names: &[String]) -> Result<EvalReport> {
         let (runnable, mut skipped) = self.strategies();
         for name in names {
-            if !STRATEGIES.contains(&name.as_str()) {
+            if !is_strategy_name(name) {
                 return Err(GatewayError::BadRequest(format!(
-                    "unknown strategy {name:?}; expected some of {STRATEGIES:?}"
+                    "unknown strategy {name:?}; expected some of {STRATEGIES:?} or sft:<category>"
                 )));
             }
         }
         let mut strategies = BTreeMap::new();
         let mut order = Vec::new();
         for (name, strategy) in runnable {
-            if !names.is_empty() && !names.contains(&name) {
+            // `sft` also selects every `sft:<category>`.
+            let asked = names.contains(&name)
+                || (name.starts_with("sft:") && names.iter().any(|n| n == "sft"));
+            if !names.is_empty() && !asked {
                 skipped.insert(name, "not asked for (--strategies)".into());
                 continue;
             }
@@ -731,6 +780,28 @@ impl EvalReport {
     /// seed's default, marked) and each fixed strategy as a labelled point.
     pub fn sweep_svg(&self) -> Option<String> {
         use plotters::prelude::*;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SWEEP_PLOT_SIZE).into_drawing_area();
+            self.draw_sweep(&root)?;
+        }
+        Some(svg)
+    }
+
+    /// The same plot as [`Self::sweep_svg`], as a PNG file at `path` (text drawn with the
+    /// embedded Noto Sans font, so no system font is needed).
+    pub fn sweep_png(&self, path: &Path) -> Option<()> {
+        use plotters::prelude::*;
+        let root = BitMapBackend::new(path, SWEEP_PLOT_SIZE).into_drawing_area();
+        self.draw_sweep(&root)
+    }
+
+    fn draw_sweep<DB: plotters::prelude::DrawingBackend>(
+        &self,
+        root: &plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    ) -> Option<()> {
+        use plotters::prelude::*;
+        register_plot_font();
         let points = self.sweep.as_ref()?;
         let fixed: Vec<(&String, &StrategyResult)> = self
             .strategies
@@ -744,64 +815,58 @@ impl EvalReport {
             .fold(0.0f64, f64::max)
             .max(0.05)
             * 1.15;
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
-            let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
-                root.fill(&WHITE)?;
-                let mut chart = ChartBuilder::on(&root)
-                    .caption("quality vs cost: threshold sweep", ("sans-serif", 20))
-                    .margin(16)
-                    .x_label_area_size(40)
-                    .y_label_area_size(50)
-                    .build_cartesian_2d(0.9f64..2.35f64, 0.0f64..qmax)?;
-                chart
-                    .configure_mesh()
-                    .x_desc("mean cost (model forwards per token)")
-                    .y_desc("quality")
-                    .draw()?;
-                chart.draw_series(LineSeries::new(
-                    points.iter().map(|p| (p.cost, p.quality)),
-                    &BLUE,
-                ))?;
-                chart.draw_series(
-                    points
-                        .iter()
-                        .map(|p| Circle::new((p.cost, p.quality), 3, BLUE.filled())),
-                )?;
-                if let Some(p) = points.iter().find(|p| (p.threshold - 0.85).abs() < 1e-9) {
-                    chart.draw_series([Circle::new(
-                        (p.cost, p.quality),
-                        7,
-                        RED.stroke_width(2),
-                    )])?;
-                    chart.draw_series([Text::new(
-                        "threshold 0.85",
-                        (p.cost + 0.02, p.quality),
-                        ("sans-serif", 14).into_font().color(&RED),
-                    )])?;
-                }
-                for (name, r) in &fixed {
-                    chart.draw_series([TriangleMarker::new(
-                        (r.cost, r.quality),
-                        6,
-                        BLACK.filled(),
-                    )])?;
-                    chart.draw_series([Text::new(
-                        name.to_string(),
-                        (r.cost + 0.02, r.quality),
-                        ("sans-serif", 13).into_font(),
-                    )])?;
-                }
-                root.present()?;
-                Ok(())
-            };
-            if let Err(e) = draw() {
-                tracing::warn!(error = %e, "could not draw the sweep plot");
-                return None;
+        let cmax = points
+            .iter()
+            .map(|p| p.cost)
+            .chain(fixed.iter().map(|(_, r)| r.cost))
+            .fold(2.0f64, f64::max)
+            + 0.35;
+        let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(root)
+                .caption("quality vs cost: threshold sweep", ("sans-serif", 20))
+                .margin(16)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0.9f64..cmax, 0.0f64..qmax)?;
+            chart
+                .configure_mesh()
+                .x_desc("mean cost (model forwards per token)")
+                .y_desc("quality")
+                .draw()?;
+            chart.draw_series(LineSeries::new(
+                points.iter().map(|p| (p.cost, p.quality)),
+                &BLUE,
+            ))?;
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.cost, p.quality), 3, BLUE.filled())),
+            )?;
+            if let Some(p) = points.iter().find(|p| (p.threshold - 0.85).abs() < 1e-9) {
+                chart.draw_series([Circle::new((p.cost, p.quality), 7, RED.stroke_width(2))])?;
+                chart.draw_series([Text::new(
+                    "threshold 0.85",
+                    (p.cost + 0.02, p.quality),
+                    ("sans-serif", 14).into_font().color(&RED),
+                )])?;
             }
+            for (name, r) in &fixed {
+                chart.draw_series([TriangleMarker::new((r.cost, r.quality), 6, BLACK.filled())])?;
+                chart.draw_series([Text::new(
+                    name.to_string(),
+                    (r.cost + 0.02, r.quality),
+                    ("sans-serif", 13).into_font(),
+                )])?;
+            }
+            root.present()?;
+            Ok(())
+        };
+        if let Err(e) = draw() {
+            tracing::warn!(error = %e, "could not draw the sweep plot");
+            return None;
         }
-        Some(svg)
+        Some(())
     }
 
     /// `{"strategies": {NAME: {...}}, "skipped": {...}, "metric": ...}` on one line.
@@ -809,7 +874,8 @@ impl EvalReport {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Writes `table.md` and `results.json` into `dir`.
+    /// Writes `table.md` and `results.json` into `dir`, and with a sweep `sweep.svg` and
+    /// `sweep.png`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| GatewayError::io(format!("creating {}", dir.display()), e))?;
@@ -821,6 +887,15 @@ impl EvalReport {
             let path = dir.join(file);
             std::fs::write(&path, text)
                 .map_err(|e| GatewayError::io(format!("writing {}", path.display()), e))?;
+        }
+        if self.sweep.is_some() {
+            let path = dir.join("sweep.png");
+            if self.sweep_png(&path).is_none() {
+                return Err(GatewayError::Internal(format!(
+                    "could not draw {}",
+                    path.display()
+                )));
+            }
         }
         Ok(())
     }

@@ -216,6 +216,13 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         svg.starts_with("<svg") && svg.contains("threshold 0.85"),
         "{svg}"
     );
+    let png = std::fs::read(results.join("sweep.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        png.len() > 10_000,
+        "a {} byte PNG has no plot in it",
+        png.len()
+    );
     assert!(processes_mentioning(cfg).is_empty());
 
     // Bad input: a clear error and a non-zero exit, before anything starts.

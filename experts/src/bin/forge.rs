@@ -1,10 +1,11 @@
-//! `forge`: builds the foundation / sft-sop model pair (see `experts::forge`).
+//! `forge`: builds the foundation / sft-sop model pair (see `experts::forge`), and with
+//! `--multi_expert` three more SFT experts, one per SOP area (`experts::forge::forge_areas`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use experts::forge::{ForgeOptions, ForgeProfile, forge};
+use experts::forge::{ForgeOptions, ForgeProfile, forge, forge_areas};
 
 /// Build a small foundation model and its SOP branch by real training, in HF format.
 #[derive(Debug, Parser)]
@@ -24,6 +25,10 @@ struct Args {
     /// Skip the evaluation table at the end.
     #[arg(long)]
     no_eval: bool,
+    /// Also branch sft-customer-service, sft-sales and sft-tech-support from the foundation
+    /// and write eval/multi.jsonl and classifier-multi/ (configs/multi_expert.yaml).
+    #[arg(long)]
+    multi_expert: bool,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -39,13 +44,17 @@ fn main() {
 
 fn run(args: &Args) -> Result<()> {
     let profile = ForgeProfile::by_name(&args.profile)?;
-    let report = forge(&ForgeOptions {
+    let opts = ForgeOptions {
         out: args.out.clone(),
         profile,
         seed: args.seed,
         force: args.force,
         evaluate: !args.no_eval,
-    })?;
+    };
+    if args.multi_expert {
+        return run_areas(args, &opts);
+    }
+    let report = forge(&opts)?;
     for (name, r) in [
         ("foundation", &report.foundation_record),
         ("sft-sop", &report.sft_record),
@@ -66,6 +75,38 @@ fn run(args: &Args) -> Result<()> {
                 "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
                 s.model, s.reasoning_accuracy, s.reasoning_nll, s.sop_f1, s.sop_exact, s.sop_nll
             );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn run_areas(args: &Args, opts: &ForgeOptions) -> Result<()> {
+    let report = forge_areas(opts)?;
+    for (name, _, r) in &report.experts {
+        println!(
+            "{name}: {} parameters, {} steps, {} tokens, {:.1} s, loss {:.3} -> {:.3}",
+            r.parameters, r.steps, r.tokens_seen, r.seconds, r.first_loss, r.final_loss
+        );
+    }
+    println!("eval set: {}", report.eval_file.display());
+    println!("classifier data: {}", report.classifier_dir.display());
+    if let Some((_, first)) = report.scores.first() {
+        println!();
+        let header: Vec<String> = first
+            .iter()
+            .map(|c| format!("{} quality / NLL", c.category))
+            .collect();
+        println!("| model | {} |", header.join(" | "));
+        println!("|---|{}", "---|".repeat(header.len()));
+        for (model, row) in &report.scores {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|c| format!("{:.3} / {:.2}", c.quality, c.nll))
+                .collect();
+            println!("| {model} | {} |", cells.join(" | "));
         }
     }
     if args.json {

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Parser;
-use gateway::inference::{EvalItem, InferenceOptions, STRATEGIES, Session, read_eval_file};
+use gateway::inference::{
+    EvalItem, InferenceOptions, STRATEGIES, Session, is_strategy_name, read_eval_file,
+};
 
 /// Hybrid inference: classify a query, route it to one expert (confident) or a BTM fusion
 /// of experts (uncertain), and generate; or evaluate every strategy on an eval file.
@@ -91,12 +93,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => read_eval_file(path, &config.hybrid.categories)?,
         None => Vec::new(),
     };
-    if let Some(bad) = args
-        .strategies
-        .iter()
-        .find(|s| !STRATEGIES.contains(&s.as_str()))
-    {
-        bail!("unknown strategy {bad:?} in --strategies; expected some of {STRATEGIES:?}");
+    if let Some(bad) = args.strategies.iter().find(|s| !is_strategy_name(s)) {
+        bail!(
+            "unknown strategy {bad:?} in --strategies; expected some of {STRATEGIES:?} or sft:<category>"
+        );
     }
     let options = InferenceOptions {
         config: args.config.clone(),
