@@ -13,6 +13,7 @@
 //! Prefill is not chunked: a long prompt delays the running sequences' next step by its
 //! prefill time.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
@@ -67,7 +68,7 @@ pub fn build_fusion<'r>(reg: &'r Registry, mode: &FusionMode) -> Result<Fusion<'
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-    let pick = |name: &Option<String>| name.clone().unwrap_or_else(|| "default".into());
+    let names = mode.models();
     Ok(match mode {
         FusionMode::Single { .. } => Fusion::Single(
             models
@@ -79,30 +80,64 @@ pub fn build_fusion<'r>(reg: &'r Registry, mode: &FusionMode) -> Result<Fusion<'
             weights: weights.clone().unwrap_or_else(|| vec![1.0; models.len()]),
             models,
         },
-        FusionMode::BtmToken { router, hard, .. } => {
-            let name = pick(router);
-            Fusion::BtmToken {
-                router: reg.routers.get(&name).ok_or_else(|| {
+        FusionMode::BtmToken { router, hard, .. } => Fusion::BtmToken {
+            router: pick(&reg.routers, router.as_deref(), &names, |r| {
+                &r.config.experts
+            })
+            .ok_or_else(|| {
+                ExpertError::InvalidRequest(format!(
+                    "no btm_token router {} is loaded (train one with train_router)",
+                    wanted(router.as_deref(), &names)
+                ))
+            })?,
+            hard: *hard,
+            models,
+        },
+        FusionMode::BtmLayer { coefficients, .. } => Fusion::BtmLayer {
+            mixer: pick(&reg.mixers, coefficients.as_deref(), &names, |m| &m.experts).ok_or_else(
+                || {
                     ExpertError::InvalidRequest(format!(
-                        "no btm_token router {name:?} is loaded (train one with train_router)"
+                        "no btm_layer coefficients {} are loaded (train them with train_router)",
+                        wanted(coefficients.as_deref(), &names)
                     ))
-                })?,
-                hard: *hard,
-                models,
-            }
-        }
-        FusionMode::BtmLayer { coefficients, .. } => {
-            let name = pick(coefficients);
-            Fusion::BtmLayer {
-                mixer: reg.mixers.get(&name).ok_or_else(|| {
-                    ExpertError::InvalidRequest(format!(
-                        "no btm_layer coefficients {name:?} are loaded (train them with train_router)"
-                    ))
-                })?,
-                models,
-            }
-        }
+                },
+            )?,
+            models,
+        },
     })
+}
+
+/// The router (or coefficient set) a request gets: the one it names; else the one trained
+/// for exactly its experts, in its order (the first such by name); else `default`.
+fn pick<'r, T>(
+    loaded: &'r HashMap<String, Arc<T>>,
+    name: Option<&str>,
+    models: &[&str],
+    experts: impl Fn(&T) -> &Vec<String>,
+) -> Option<&'r Arc<T>> {
+    if let Some(name) = name {
+        return loaded.get(name);
+    }
+    let mut keys: Vec<&String> = loaded.keys().collect();
+    keys.sort();
+    keys.into_iter()
+        .find(|k| {
+            loaded.get(*k).is_some_and(|t| {
+                experts(t)
+                    .iter()
+                    .map(String::as_str)
+                    .eq(models.iter().copied())
+            })
+        })
+        .and_then(|k| loaded.get(k))
+        .or_else(|| loaded.get("default"))
+}
+
+fn wanted(name: Option<&str>, models: &[&str]) -> String {
+    match name {
+        Some(n) => format!("{n:?}"),
+        None => format!("for {models:?} (nor a \"default\")"),
+    }
 }
 
 /// Starts the engine thread; jobs are sent through the returned channel. The thread ends
@@ -322,5 +357,41 @@ pub fn final_record(g: &FusedGeneration, want_weights: bool, queue_ms: f64) -> F
             decode_ms: gen_.decode_seconds * 1e3,
         },
         routing_weights: (want_weights && g.cost > 1.0).then(|| g.routing_weights.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routers_are_picked_by_name_then_by_experts_then_default() {
+        let set = |e: &[&str]| Arc::new(e.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let mut loaded = HashMap::new();
+        loaded.insert("default".to_string(), set(&["a", "b", "c"]));
+        loaded.insert("b+c".to_string(), set(&["b", "c"]));
+        loaded.insert("x".to_string(), set(&["a", "c"]));
+        fn ids(v: &Vec<String>) -> &Vec<String> {
+            v
+        }
+        fn got(
+            loaded: &HashMap<String, Arc<Vec<String>>>,
+            name: Option<&str>,
+            models: &[&str],
+        ) -> Option<String> {
+            pick(loaded, name, models, ids).map(|t| t.join(","))
+        }
+        assert_eq!(got(&loaded, None, &["b", "c"]).as_deref(), Some("b,c"));
+        assert_eq!(got(&loaded, None, &["a", "c"]).as_deref(), Some("a,c"));
+        // Order matters: a router reads its experts' states in its own order.
+        assert_eq!(got(&loaded, None, &["c", "b"]).as_deref(), Some("a,b,c"));
+        assert_eq!(
+            got(&loaded, Some("b+c"), &["a", "b", "c"]).as_deref(),
+            Some("b,c")
+        );
+        assert_eq!(got(&loaded, Some("nope"), &["b", "c"]), None);
+        loaded.remove("default");
+        assert_eq!(got(&loaded, None, &["c", "b"]), None);
+        assert!(wanted(None, &["c", "b"]).contains("[\"c\", \"b\"]"));
     }
 }

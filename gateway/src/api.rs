@@ -677,7 +677,7 @@ impl AppState {
                 },
             ),
             ModelChoice::Hybrid => {
-                crate::hybrid_router::route_mode(&self.config, self.policy.decide_routing(&c))?
+                crate::hybrid_router::route_mode(&self.config, self.policy.decide_routing(&c), &c)?
             }
         };
         let experts: Vec<String> = mode.models().iter().map(|m| m.to_string()).collect();

@@ -85,6 +85,10 @@ pub struct GatewaySettings {
     pub foundation_model: String,
     /// The fusion mode for uncertain queries.
     pub fusion: FusionMode,
+    /// With three or more experts: fuse only the experts of the classifier's `k` most likely
+    /// categories (cost `k`, not the number of `fusion.models`). `null`: all of them.
+    #[serde(default)]
+    pub fusion_top_k: Option<usize>,
     /// SQLite file of `POST /v1/feedback`.
     #[serde(default = "default_feedback_db")]
     pub feedback_db: PathBuf,
@@ -99,6 +103,15 @@ pub struct GatewaySettings {
     /// forwards per token, e.g. 1.2) instead of staying at `hybrid.routing.confidence_threshold`.
     #[serde(default)]
     pub target_cost: Option<f32>,
+}
+
+impl GatewaySettings {
+    /// Experts a fused answer runs: `fusion_top_k`, else every model of `fusion`.
+    pub fn fused_experts(&self) -> usize {
+        self.fusion_top_k
+            .unwrap_or_else(|| self.fusion.models().len())
+            .max(1)
+    }
 }
 
 /// How missing default models are obtained (see [`crate::bootstrap`]).
@@ -221,6 +234,63 @@ impl GatewayConfig {
         self
     }
 
+    /// The fusion mode for one uncertain query: `gateway.fusion`, or with
+    /// `gateway.fusion_top_k = k` the same mode over the experts of the classifier's `k`
+    /// most likely categories (in `fusion.models` order; a named router or coefficient set
+    /// is dropped so the expert process picks the one trained for exactly these experts).
+    pub fn fusion_for(&self, scores: &[f32]) -> FusionMode {
+        let g = &self.gateway;
+        let Some(k) = g.fusion_top_k else {
+            return g.fusion.clone();
+        };
+        let all = g.fusion.models();
+        let mut ranked: Vec<usize> = (0..scores.len()).collect();
+        ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut chosen: Vec<&str> = Vec::new();
+        for category in ranked {
+            if let Some(m) = self.category_model(category)
+                && all.contains(&m)
+                && !chosen.contains(&m)
+            {
+                chosen.push(m);
+            }
+            if chosen.len() == k {
+                break;
+            }
+        }
+        // Fill up from the fusion's own order (e.g. a category without a fused expert).
+        for m in &all {
+            if chosen.len() >= k {
+                break;
+            }
+            if !chosen.contains(m) {
+                chosen.push(m);
+            }
+        }
+        let keep: Vec<usize> = (0..all.len())
+            .filter(|&i| chosen.contains(&all[i]))
+            .collect();
+        let models: Vec<String> = keep.iter().map(|&i| all[i].to_string()).collect();
+        match &g.fusion {
+            FusionMode::Single { .. } => g.fusion.clone(),
+            FusionMode::Ensemble { weights, .. } => FusionMode::Ensemble {
+                models,
+                weights: weights
+                    .as_ref()
+                    .map(|w| keep.iter().filter_map(|&i| w.get(i).copied()).collect()),
+            },
+            FusionMode::BtmToken { hard, .. } => FusionMode::BtmToken {
+                models,
+                router: None,
+                hard: *hard,
+            },
+            FusionMode::BtmLayer { .. } => FusionMode::BtmLayer {
+                models,
+                coefficients: None,
+            },
+        }
+    }
+
     /// The model that serves a category (validated to exist).
     pub fn category_model(&self, category: usize) -> Option<&str> {
         let name = self.hybrid.categories.get(category)?;
@@ -269,8 +339,17 @@ fn expert_model_names(doc: &serde_yaml::Value) -> Result<Vec<String>> {
 }
 
 fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Result<SocketAddr> {
+    if let Some(k) = g.fusion_top_k {
+        let n = g.fusion.models().len();
+        if matches!(g.fusion, FusionMode::Single { .. }) || !(2..=n).contains(&k) {
+            return Err(GatewayError::config(
+                "gateway.fusion_top_k",
+                format!("{k} must be between 2 and the {n} models of gateway.fusion"),
+            ));
+        }
+    }
     if let Some(t) = g.target_cost {
-        let max = g.fusion.models().len().max(1) as f32;
+        let max = g.fused_experts() as f32;
         if !(t.is_finite() && (1.0..=max).contains(&t)) {
             return Err(GatewayError::config(
                 "gateway.target_cost",
@@ -459,6 +538,57 @@ gateway:
   feedback_db: data/feedback.sqlite
 "#;
 
+    /// The shipped multi-expert config (four categories, top-2 fusion) parses, and an
+    /// uncertain query fuses the experts of its two most likely categories.
+    #[test]
+    fn top_k_fusion_narrows_to_the_likeliest_experts() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/multi_expert.yaml"),
+        )
+        .unwrap();
+        let c = GatewayConfig::parse(&text, Path::new("multi_expert.yaml")).unwrap();
+        assert_eq!(c.gateway.fused_experts(), 2);
+        // Categories: reasoning, customer_service, sales, tech_support.
+        let mode = c.fusion_for(&[0.05, 0.40, 0.05, 0.50]);
+        assert_eq!(
+            mode,
+            FusionMode::BtmToken {
+                // In gateway.fusion's order, not the scores' order.
+                models: vec!["sft-customer-service".into(), "sft-tech-support".into()],
+                router: None,
+                hard: false,
+            }
+        );
+        assert_eq!(
+            c.fusion_for(&[0.6, 0.1, 0.2, 0.1]).models(),
+            ["foundation", "sft-sales"]
+        );
+        // Ensemble weights follow their models.
+        let mut e = c.clone();
+        e.gateway.fusion = FusionMode::Ensemble {
+            models: [
+                "foundation",
+                "sft-customer-service",
+                "sft-sales",
+                "sft-tech-support",
+            ]
+            .map(String::from)
+            .to_vec(),
+            weights: Some(vec![1.0, 2.0, 3.0, 4.0]),
+        };
+        assert_eq!(
+            e.fusion_for(&[0.1, 0.1, 0.5, 0.3]),
+            FusionMode::Ensemble {
+                models: vec!["sft-sales".into(), "sft-tech-support".into()],
+                weights: Some(vec![3.0, 4.0]),
+            }
+        );
+        // Without top-k, every fused model runs.
+        e.gateway.fusion_top_k = None;
+        assert_eq!(e.fusion_for(&[0.1, 0.1, 0.5, 0.3]).models().len(), 4);
+        assert_eq!(e.gateway.fused_experts(), 4);
+    }
+
     fn err(text: &str) -> String {
         GatewayConfig::parse(text, Path::new("cfg.yaml"))
             .unwrap_err()
@@ -536,6 +666,11 @@ gateway:
                 "gateway.fusion.models[1]",
             ),
             ("type: btm_token", "type: magic", "gateway.fusion"),
+            (
+                "  foundation_model: foundation\n",
+                "  foundation_model: foundation\n  fusion_top_k: 3\n",
+                "gateway.fusion_top_k",
+            ),
             (
                 "remote_experts: []",
                 "remote_experts: [\"ftp://x\"]",

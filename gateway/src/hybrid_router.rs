@@ -23,7 +23,7 @@ pub fn policy_from_config(config: &GatewayConfig) -> Arc<dyn RoutingPolicy> {
             let mut p = DynamicThresholdPolicy::new(
                 routing.confidence_threshold,
                 target,
-                config.gateway.fusion.models().len(),
+                config.gateway.fused_experts(),
             );
             p.enable_btm_fallback = routing.enable_btm_fallback;
             Arc::new(p)
@@ -33,9 +33,14 @@ pub fn policy_from_config(config: &GatewayConfig) -> Arc<dyn RoutingPolicy> {
 }
 
 /// What runs for a route: the decision's name (`single`, `fusion`, `foundation`) and the
-/// fusion mode sent to the experts (the category's expert, `gateway.fusion`, or
+/// fusion mode sent to the experts (the category's expert, `gateway.fusion` narrowed to the
+/// classification's top categories by [`GatewayConfig::fusion_for`], or
 /// `gateway.foundation_model`).
-pub fn route_mode(config: &GatewayConfig, route: Route) -> Result<(&'static str, FusionMode)> {
+pub fn route_mode(
+    config: &GatewayConfig,
+    route: Route,
+    classification: &Classification,
+) -> Result<(&'static str, FusionMode)> {
     Ok(match route {
         Route::Single { category } => {
             let model = config.category_model(category).ok_or_else(|| {
@@ -48,7 +53,7 @@ pub fn route_mode(config: &GatewayConfig, route: Route) -> Result<(&'static str,
                 },
             )
         }
-        Route::Fusion => ("fusion", config.gateway.fusion.clone()),
+        Route::Fusion => ("fusion", config.fusion_for(&classification.scores)),
         Route::Foundation => (
             "foundation",
             FusionMode::Single {

@@ -45,12 +45,13 @@ use crate::hybrid_router::{RoutingPolicy, policy_from_config, route_mode};
 use crate::server::Experts;
 
 /// The strategies of an eval run, in table order.
-pub const STRATEGIES: [&str; 7] = [
+pub const STRATEGIES: [&str; 8] = [
     "foundation",
     "sft",
     "ensemble",
     "btm_token",
     "btm_layer",
+    "fused_top_k",
     "hybrid",
     "distilled",
 ];
@@ -195,7 +196,7 @@ impl Session {
     /// Classifies on this machine and decides the route with the configured policy.
     pub fn route(&self, prompt: &str) -> Result<(Classification, RoutingInfo, FusionMode)> {
         let c = self.classifier.classify(prompt)?;
-        let (decision, mode) = route_mode(&self.config, self.policy.decide_routing(&c))?;
+        let (decision, mode) = route_mode(&self.config, self.policy.decide_routing(&c), &c)?;
         let info = RoutingInfo {
             category: self.category_name(c.category),
             confidence: c.confidence,
@@ -354,6 +355,13 @@ impl Session {
                 }))
             },
         );
+        add(
+            "fused_top_k",
+            match g.fusion_top_k {
+                Some(_) => Ok(Strategy::FusedTopK),
+                None => Err("gateway.fusion_top_k is not set".into()),
+            },
+        );
         add("hybrid", Ok(Strategy::Hybrid));
         add(
             "distilled",
@@ -399,7 +407,11 @@ impl Session {
             })
         };
         let fallback_fused = self.config.hybrid.routing.enable_btm_fallback;
-        let fallback = if fallback_fused {
+        let fallback = if fallback_fused && g.fusion_top_k.is_some() {
+            results
+                .get("fused_top_k")
+                .ok_or_else(|| "the fused_top_k strategy did not run".to_string())?
+        } else if fallback_fused {
             by_mode
                 .iter()
                 .find_map(|(m, r)| (m.name() == g.fusion.name()).then_some(*r))
@@ -460,6 +472,9 @@ impl Session {
             let mode = match strategy {
                 Strategy::Fixed(mode) => mode.clone(),
                 Strategy::Hybrid => self.route(&item.prompt)?.2,
+                Strategy::FusedTopK => self
+                    .config
+                    .fusion_for(&self.classifier.classify(&item.prompt)?.scores),
             };
             if !matches!(mode, FusionMode::Single { .. }) {
                 fused += 1;
@@ -581,6 +596,9 @@ pub enum Strategy {
     Fixed(FusionMode),
     /// The classifier and the routing policy choose per item.
     Hybrid,
+    /// `gateway.fusion` over each item's `gateway.fusion_top_k` most likely categories'
+    /// experts, for every item (what the hybrid does below the threshold).
+    FusedTopK,
 }
 
 /// One line of an eval file.

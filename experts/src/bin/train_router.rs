@@ -30,6 +30,12 @@ struct Args {
     layer_steps: usize,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Also train a router and coefficients for every pair of the experts, into
+    /// `<out>/pairs/<a>+<b>/` (for `gateway.fusion_top_k: 2` with three or more experts;
+    /// the expert process picks the one trained for a request's experts). Pairs already
+    /// trained are kept.
+    #[arg(long)]
+    pairs: bool,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -106,11 +112,63 @@ fn run(args: &Args) -> Result<()> {
         serde_json::to_string_pretty(&heldout)?,
     )
     .with_context(|| format!("writing {}", args.out.join("heldout.json").display()))?;
+    if args.pairs {
+        train_pairs(args, &models, &names, &opts)?;
+    }
     if args.json {
         println!(
             "{}",
             serde_json::json!({"btm_token": token, "btm_layer": layer, "heldout_nll": heldout})
         );
+    }
+    Ok(())
+}
+
+/// A router and coefficients for each pair of experts, in the experts' order.
+fn train_pairs(
+    args: &Args,
+    models: &[&experts::loader::LoadedModel],
+    names: &[String],
+    opts: &RouterTrainOptions,
+) -> Result<()> {
+    for i in 0..models.len() {
+        for j in i + 1..models.len() {
+            let pair = [models[i], models[j]];
+            let pair_names = vec![names[i].clone(), names[j].clone()];
+            let dir = args
+                .out
+                .join("pairs")
+                .join(format!("{}+{}", names[i], names[j]));
+            let done = |sub: &str, loaded: Option<Vec<String>>| {
+                dir.join(sub).exists() && loaded.as_ref() == Some(&pair_names)
+            };
+            let router = TokenRouter::load(&dir.join("btm_token"), &Device::Cpu)
+                .ok()
+                .map(|r| r.config.experts);
+            if !done("btm_token", router) {
+                let r = train_token_router(&pair, &pair_names, opts, &dir.join("btm_token"))?;
+                println!(
+                    "{}: btm_token loss {:.3} -> {:.3} in {:.1} s",
+                    dir.display(),
+                    r.losses.first().copied().unwrap_or(f32::NAN),
+                    r.losses.last().copied().unwrap_or(f32::NAN),
+                    r.seconds
+                );
+            }
+            let mixer = LayerMixer::load(&dir.join("btm_layer"), &Device::Cpu)
+                .ok()
+                .map(|m| m.experts);
+            if !done("btm_layer", mixer) {
+                let l = train_layer_mixer(&pair, &pair_names, opts, &dir.join("btm_layer"))?;
+                println!(
+                    "{}: btm_layer loss {:.3} -> {:.3} in {:.1} s",
+                    dir.display(),
+                    l.losses.first().copied().unwrap_or(f32::NAN),
+                    l.losses.last().copied().unwrap_or(f32::NAN),
+                    l.seconds
+                );
+            }
+        }
     }
     Ok(())
 }
