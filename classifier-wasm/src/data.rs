@@ -4,9 +4,11 @@ use serde::{Deserialize, Serialize};
 
 /// One labelled query. `label` is the category index from the config
 /// (0 = reasoning, 1 = sop by default). Other fields on the line (a reference
-/// answer, say) are ignored, so eval files can carry more.
+/// answer, say) are ignored, so eval files can carry more; `prompt` is accepted for
+/// `query`, so `hybrid_inference` eval files (`{"prompt", "reference", "label"}`) read too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabeledQuery {
+    #[serde(alias = "prompt")]
     pub query: String,
     pub label: usize,
 }
@@ -86,5 +88,13 @@ mod tests {
         let bytes = "{\"query\":\"退款\",\"label\":1,\"reference\":\"x\"}\n".as_bytes();
         let q = parse_jsonl(bytes, Path::new("f")).unwrap();
         assert_eq!(q[0].label, 1);
+        // An eval file of hybrid_inference names the text `prompt`.
+        let bytes = "{\"prompt\":\"12 + 7?\",\"reference\":\"19\",\"label\":0}\n".as_bytes();
+        let q = parse_jsonl(bytes, Path::new("f")).unwrap();
+        assert_eq!((q[0].query.as_str(), q[0].label), ("12 + 7?", 0));
+        let e = parse_jsonl(b"{\"label\":0}\n", Path::new("f"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("query"), "{e}");
     }
 }
