@@ -27,13 +27,14 @@ pub(crate) enum Kernel {
     Argmax,
     Rope,
     Add,
+    AddRow,
     Swiglu,
     Embedding,
     Mix,
     Attention,
 }
 
-const KERNEL_COUNT: usize = 12;
+const KERNEL_COUNT: usize = 13;
 
 impl Kernel {
     const ALL: [Kernel; KERNEL_COUNT] = [
@@ -45,6 +46,7 @@ impl Kernel {
         Kernel::Argmax,
         Kernel::Rope,
         Kernel::Add,
+        Kernel::AddRow,
         Kernel::Swiglu,
         Kernel::Embedding,
         Kernel::Mix,
@@ -61,6 +63,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::Rope => "rope",
             Kernel::Add => "add",
+            Kernel::AddRow => "add_row",
             Kernel::Swiglu => "swiglu",
             Kernel::Embedding => "embedding",
             Kernel::Mix => "mix",
@@ -79,6 +82,7 @@ impl Kernel {
             Kernel::Argmax => (include_str!("shaders/argmax.wgsl"), "main"),
             Kernel::Rope => (include_str!("shaders/rope.wgsl"), "main"),
             Kernel::Add => (include_str!("shaders/elementwise.wgsl"), "add"),
+            Kernel::AddRow => (include_str!("shaders/elementwise.wgsl"), "add_row"),
             Kernel::Swiglu => (include_str!("shaders/elementwise.wgsl"), "swiglu"),
             Kernel::Embedding => (include_str!("shaders/embedding.wgsl"), "main"),
             Kernel::Mix => (include_str!("shaders/mix.wgsl"), "main"),
@@ -634,6 +638,34 @@ impl Batch<'_> {
     /// `a + b` (residual connections).
     pub fn add(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
         self.elementwise("add", Kernel::Add, a, b)
+    }
+
+    /// `x + bias` with `bias [cols]` added to every row of `x [.., cols]` (Linear biases).
+    pub fn add_bias(&mut self, x: &GpuTensor, bias: &GpuTensor) -> Result<GpuTensor> {
+        x.expect_dtype("add_bias", DType::F32)?;
+        bias.expect_dtype("add_bias", DType::F32)?;
+        let (_, cols) = x.rows_cols();
+        if bias.numel() != cols {
+            return Err(shape_err(
+                "add_bias",
+                format!("bias {:?} for rows of {cols}", bias.shape()),
+            ));
+        }
+        let out = self.ctx.output(x.shape(), DType::F32)?;
+        let params = Dims4 {
+            a: u32_dim("add_bias", x.numel())?,
+            b: u32_dim("add_bias", cols)?,
+            c: 0,
+            d: 0,
+        };
+        let grid = self.linear_grid(x.numel().div_ceil(256))?;
+        self.dispatch(
+            Kernel::AddRow,
+            &[x.buffer(), bias.buffer(), out.buffer()],
+            &params,
+            grid,
+        )?;
+        Ok(out)
     }
 
     /// `silu(gate) * up` (the gated MLP).

@@ -354,3 +354,27 @@ fn kv_cache_full_is_an_error() {
     cache.reset();
     assert!(cache.is_empty());
 }
+
+#[test]
+fn add_bias_broadcasts_over_rows() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(14);
+    for (rows, cols) in [(1, 1), (1, 37), (3, 129), (700, 3)] {
+        let x = rng.vec(rows * cols);
+        let b = rng.vec(cols);
+        let gx = ctx.upload_f32(&x, &[rows, cols]).unwrap();
+        let gb = ctx.upload_f32(&b, &[cols]).unwrap();
+        let mut batch = ctx.batch().unwrap();
+        let y = batch.add_bias(&gx, &gb).unwrap();
+        let got = batch.submit_and_read_f32(&y).unwrap();
+        let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % cols]).collect();
+        assert_close(&format!("add_bias {rows}x{cols}"), &got, &want, TOL);
+    }
+}
+
+#[test]
+fn every_kernel_builds_at_warm_up() {
+    let Some(ctx) = gpu() else { return };
+    ctx.warm_up().unwrap();
+    assert!(ctx.is_healthy());
+}

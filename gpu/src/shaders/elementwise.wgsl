@@ -1,7 +1,8 @@
-// Element-wise kernels over flat f32 arrays: residual add and SwiGLU (silu(gate) * up).
+// Element-wise kernels over flat f32 arrays: residual add, a bias row broadcast over rows, and
+// SwiGLU (silu(gate) * up).
 struct Params {
     len: u32,
-    _pad0: u32,
+    cols: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -26,6 +27,19 @@ fn add(
     let i = index(wid, nwg, tid);
     if (i < p.len) {
         y[i] = a[i] + b[i];
+    }
+}
+
+// b is one row of `cols` values added to every row of a (Linear bias, e.g. Qwen2's q/k/v).
+@compute @workgroup_size(256, 1, 1)
+fn add_row(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let i = index(wid, nwg, tid);
+    if (i < p.len) {
+        y[i] = a[i] + b[i % p.cols];
     }
 }
 
