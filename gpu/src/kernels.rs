@@ -469,7 +469,8 @@ impl Batch<'_> {
                 d: 0,
             };
             if b_trans {
-                let grid = self.linear_grid(n)?;
+                // 8 rows per workgroup (see matvec_t.wgsl).
+                let grid = self.linear_grid(n.div_ceil(8))?;
                 self.dispatch(Kernel::MatvecT, &buffers, &params, grid)?;
             } else {
                 let grid = self.linear_grid(n.div_ceil(256))?;

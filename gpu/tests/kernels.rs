@@ -15,7 +15,7 @@ const TOL: f32 = 1e-4;
 fn matmul_and_linear_on_odd_shapes() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(1);
-    // (m, k, n): m = 1 takes the matrix-vector kernels; n = 70000 needs a 2-D grid.
+    // (m, k, n): m = 1 takes the matrix-vector kernels.
     let shapes = [
         (1, 1, 1),
         (1, 37, 1),
@@ -26,6 +26,7 @@ fn matmul_and_linear_on_odd_shapes() {
         (2, 576, 100),
         (16, 16, 16),
         (1, 2, 70_000),
+        (1, 1, 530_000), // > 65535 workgroups of 8 rows: the 2-D grid
     ];
     for (m, k, n) in shapes {
         let a = rng.vec(m * k);

@@ -1,7 +1,8 @@
 // y[n] = sum_k x[k] * W[n,k]: the decode-step Linear (one token, weight in its stored [n,k]
-// layout). One workgroup per output row: 256 threads read the row with unit stride, then a
-// tree reduction. The grid is flattened over x and y because n (a vocabulary) can exceed the
-// 65535 workgroups allowed per dimension.
+// layout). A workgroup of 256 threads computes 8 rows, 32 lanes per row: the lanes of a row
+// read 32 consecutive floats at a time (one 128-byte line per step), then reduce through
+// workgroup memory in 5 steps. The grid is flattened over x and y because n (a vocabulary)
+// can exceed the 65535 workgroups allowed per dimension.
 struct Params {
     k: u32,
     n: u32,
@@ -14,7 +15,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const WG: u32 = 256u;
+const ROWS: u32 = 8u;
+const LANES: u32 = 32u;
 var<workgroup> red: array<f32, 256>;
 
 @compute @workgroup_size(256, 1, 1)
@@ -23,24 +25,25 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let row = wid.y * nwg.x + wid.x;
-    if (row >= p.n) {
-        return;
-    }
-    let base = row * p.k;
+    let group = wid.y * nwg.x + wid.x;
+    let row = group * ROWS + tid / LANES;
+    let lane = tid % LANES;
     var acc = 0.0;
-    for (var i = tid; i < p.k; i = i + WG) {
-        acc = acc + x[i] * w[base + i];
+    if (row < p.n) {
+        let base = row * p.k;
+        for (var i = lane; i < p.k; i = i + LANES) {
+            acc = acc + x[i] * w[base + i];
+        }
     }
     red[tid] = acc;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (tid < s) {
+    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
+        if (lane < s) {
             red[tid] = red[tid] + red[tid + s];
         }
         workgroupBarrier();
     }
-    if (tid == 0u) {
-        y[row] = red[0];
+    if (lane == 0u && row < p.n) {
+        y[row] = red[tid];
     }
 }
