@@ -21,3 +21,11 @@ pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions};
 pub use error::{GpuError, Result};
 pub use kernels::{Batch, KvCache, MAX_HEAD_DIM, RopeTable};
 pub use tensor::{DType, GpuTensor};
+
+// The context is shared between request tasks of a server.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<GpuContext>();
+    shared::<GpuTensor>();
+    shared::<KvCache>();
+};

@@ -379,3 +379,22 @@ fn every_kernel_builds_at_warm_up() {
     ctx.warm_up().unwrap();
     assert!(ctx.is_healthy());
 }
+
+#[test]
+fn adapter_report_names_the_adapter_and_its_limits() {
+    let Some(ctx) = gpu() else { return };
+    let r = ctx.report();
+    assert!(!r.name.is_empty() && !r.backend.is_empty());
+    assert!(r.max_tensor_bytes() >= 128 << 20, "{r}");
+    assert!(r.max_compute_invocations_per_workgroup >= 256, "{r}");
+    let line = r.to_string();
+    for needle in [
+        r.name.as_str(),
+        "max_buffer_size",
+        "max_storage_buffer_binding_size",
+        "max_compute_workgroup_size_x",
+        "max_compute_invocations_per_workgroup",
+    ] {
+        assert!(line.contains(needle), "{line}");
+    }
+}
