@@ -32,9 +32,11 @@ pub(crate) enum Kernel {
     Embedding,
     Mix,
     Attention,
+    Silu,
+    CopyCols,
 }
 
-const KERNEL_COUNT: usize = 13;
+const KERNEL_COUNT: usize = 15;
 
 impl Kernel {
     const ALL: [Kernel; KERNEL_COUNT] = [
@@ -51,6 +53,8 @@ impl Kernel {
         Kernel::Embedding,
         Kernel::Mix,
         Kernel::Attention,
+        Kernel::Silu,
+        Kernel::CopyCols,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +72,8 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::Mix => "mix",
             Kernel::Attention => "attention",
+            Kernel::Silu => "silu",
+            Kernel::CopyCols => "copy_cols",
         }
     }
 
@@ -87,6 +93,8 @@ impl Kernel {
             Kernel::Embedding => (include_str!("shaders/embedding.wgsl"), "main"),
             Kernel::Mix => (include_str!("shaders/mix.wgsl"), "main"),
             Kernel::Attention => (include_str!("shaders/attention.wgsl"), "main"),
+            Kernel::Silu => (include_str!("shaders/unary.wgsl"), "silu"),
+            Kernel::CopyCols => (include_str!("shaders/unary.wgsl"), "copy_cols"),
         }
     }
 }
@@ -672,6 +680,60 @@ impl Batch<'_> {
     /// `silu(gate) * up` (the gated MLP).
     pub fn swiglu(&mut self, gate: &GpuTensor, up: &GpuTensor) -> Result<GpuTensor> {
         self.elementwise("swiglu", Kernel::Swiglu, gate, up)
+    }
+
+    /// `silu(x) = x * sigmoid(x)` element-wise (the token router's activation).
+    pub fn silu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+        x.expect_dtype("silu", DType::F32)?;
+        let out = self.ctx.output(x.shape(), DType::F32)?;
+        let params = Dims4 {
+            a: 1,
+            b: u32_dim("silu", x.numel())?,
+            c: 0,
+            d: 0,
+        };
+        let grid = self.linear_grid(x.numel().div_ceil(256))?;
+        self.dispatch(Kernel::Silu, &[x.buffer(), out.buffer()], &params, grid)?;
+        Ok(out)
+    }
+
+    /// Concatenation along the last dimension of tensors with the same leading dimensions
+    /// (the token router reads `[h_1; …; h_E]`).
+    pub fn concat_last(&mut self, inputs: &[&GpuTensor]) -> Result<GpuTensor> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| shape_err("concat_last", "no inputs".to_owned()))?;
+        let (rows, _) = first.rows_cols();
+        let lead = &first.shape()[..first.shape().len().saturating_sub(1)];
+        let mut out_cols = 0;
+        for t in inputs {
+            t.expect_dtype("concat_last", DType::F32)?;
+            let (r, c) = t.rows_cols();
+            if r != rows || &t.shape()[..t.shape().len().saturating_sub(1)] != lead {
+                return Err(shape_err(
+                    "concat_last",
+                    format!("{:?} vs {:?}", t.shape(), first.shape()),
+                ));
+            }
+            out_cols += c;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(out_cols);
+        let out = self.ctx.output(&shape, DType::F32)?;
+        let mut offset = 0;
+        for t in inputs {
+            let (_, cols) = t.rows_cols();
+            let params = Dims4 {
+                a: u32_dim("concat_last", rows)?,
+                b: u32_dim("concat_last", cols)?,
+                c: u32_dim("concat_last", out_cols)?,
+                d: u32_dim("concat_last", offset)?,
+            };
+            let grid = self.linear_grid(t.numel().div_ceil(256))?;
+            self.dispatch(Kernel::CopyCols, &[t.buffer(), out.buffer()], &params, grid)?;
+            offset += cols;
+        }
+        Ok(out)
     }
 
     /// Rows of `table [vocab, hidden]` for `ids` (u32, any shape) `-> [ids.., hidden]`.
