@@ -1,5 +1,6 @@
-//! Decode-shape matrix-vector products (`x [1,k] · Wᵀ`, W `[n,k]` as stored in checkpoints) on
-//! the wgpu device against a plain CPU loop over the same data.
+//! Decode-shape matrix-vector products (`x [1,k] · Wᵀ`, W `[n,k]` as stored in checkpoints) and
+//! one prefill-shape product (64 rows) on the wgpu device against a plain CPU loop over the
+//! same data.
 //!
 //! `cargo bench -p hybrid-gpu --bench kernels [-- --iters N]`
 //!
@@ -14,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use gpu::{GpuContext, GpuError, GpuOptions};
 
-/// (label, k, n)
-const SHAPES: [(&str, usize, usize); 5] = [
-    ("1x128x384 (forged q/k/v-ish)", 128, 384),
-    ("1x576x1536 (SmolLM2 up/gate)", 576, 1536),
-    ("1x1536x576 (SmolLM2 down)", 1536, 576),
-    ("1x896x4864 (Qwen2.5-0.5B up)", 896, 4864),
-    ("1x576x49152 (SmolLM2 LM head)", 576, 49152),
+/// (label, m, k, n)
+const SHAPES: [(&str, usize, usize, usize); 6] = [
+    ("1x128x384 (forged q/k/v-ish)", 1, 128, 384),
+    ("1x576x1536 (SmolLM2 up/gate)", 1, 576, 1536),
+    ("1x1536x576 (SmolLM2 down)", 1, 1536, 576),
+    ("1x896x4864 (Qwen2.5-0.5B up)", 1, 896, 4864),
+    ("1x576x49152 (SmolLM2 LM head)", 1, 576, 49152),
+    ("64x576x1536 (prefill up/gate)", 64, 576, 1536),
 ];
 const BATCHED: usize = 8;
 
@@ -34,8 +36,11 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn cpu_linear(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
-    for (row, out) in w.chunks_exact(k).zip(y.iter_mut()) {
-        *out = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    let n = w.len() / k;
+    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        for (row, out) in w.chunks_exact(k).zip(yr.iter_mut()) {
+            *out = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+        }
     }
 }
 
@@ -44,8 +49,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn gflops(k: usize, n: usize, t: Duration) -> f64 {
-    2.0 * k as f64 * n as f64 / t.as_secs_f64() / 1e9
+fn gflops(m: usize, k: usize, n: usize, t: Duration) -> f64 {
+    2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9
 }
 
 fn main() {
@@ -70,13 +75,13 @@ fn main() {
         "{:<32} {:>12} {:>12} {:>16} {:>12}",
         "shape", "cpu loop", "gpu 1/submit", "gpu batched x8", "max |diff|"
     );
-    for (label, k, n) in SHAPES {
-        let x = data(k, 1);
+    for (label, m, k, n) in SHAPES {
+        let x = data(m * k, 1);
         let w = data(n * k, 2);
-        let gx = ctx.upload_f32(&x, &[1, k]).unwrap();
+        let gx = ctx.upload_f32(&x, &[m, k]).unwrap();
         let gw = ctx.upload_f32(&w, &[n, k]).unwrap();
 
-        let mut y = vec![0f32; n];
+        let mut y = vec![0f32; m * n];
         let mut cpu = Vec::new();
         for _ in 0..iters {
             let t = Instant::now();
@@ -127,9 +132,9 @@ fn main() {
         println!(
             "{:<32} {:>9.2} GF {:>9.2} GF {:>13.2} GF",
             "",
-            gflops(k, n, c),
-            gflops(k, n, s),
-            gflops(k, n, b)
+            gflops(m, k, n, c),
+            gflops(m, k, n, s),
+            gflops(m, k, n, b)
         );
     }
 }

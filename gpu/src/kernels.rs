@@ -491,7 +491,8 @@ impl Batch<'_> {
                 n: n32,
                 b_trans: u32::from(b_trans),
             };
-            let grid = (u32_dim(op, n.div_ceil(16))?, u32_dim(op, m.div_ceil(16))?);
+            // 64x64 output blocks (see matmul.wgsl).
+            let grid = (u32_dim(op, n.div_ceil(64))?, u32_dim(op, m.div_ceil(64))?);
             let max = self.ctx.report().max_compute_workgroups_per_dimension;
             if grid.0 > max || grid.1 > max {
                 return Err(shape_err(
