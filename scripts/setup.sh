@@ -18,14 +18,19 @@ fi
 command -v node >/dev/null || { echo "node is required (wasm tests run under node)" >&2; exit 1; }
 
 # --- web: chromium and the npm packages of tests/browser (browser and edge-worker tests) ---
-if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+# --- apt packages: chromium (browser tests), mesa-vulkan-drivers (lavapipe, a CPU Vulkan
+# driver for the wgpu kernel tests of gpu/) ---
+apt_missing=()
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_missing+=(chromium)
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || apt_missing+=(mesa-vulkan-drivers)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
     as_root=()
     if [ "$(id -u)" -ne 0 ]; then
-        sudo -n true 2>/dev/null || { echo "chromium is missing; installing it needs root: apt-get install -y chromium" >&2; exit 1; }
+        sudo -n true 2>/dev/null || { echo "missing: ${apt_missing[*]}; installing needs root: apt-get install -y ${apt_missing[*]}" >&2; exit 1; }
         as_root=(sudo -n)
     fi
     "${as_root[@]}" apt-get update
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${apt_missing[@]}"
 fi
 if [ ! tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
     npm ci --prefix tests/browser --no-audit --no-fund

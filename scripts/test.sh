@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs the wasm tooling if missing, builds the wasm package, runs
-# every test of the workspace (unit, property, end-to-end, wasm-under-node parity).
+# every test of the workspace (unit, property, end-to-end, wasm-under-node parity, wgpu
+# kernels on a CPU Vulkan driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 bash scripts/build-wasm.sh
+# The wgpu kernel tests run on lavapipe (installed by setup.sh): fail rather than skip when
+# no adapter is found.
+export HYBRID_GPU_REQUIRE=1
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --workspace
