@@ -88,9 +88,9 @@ fn write_config(dir: &Path, models: &Path, checkpoint: &Path) -> PathBuf {
         .join("\n");
     let m = models.display();
     let mut routers = format!("    default: {m}/routers-multi/all/btm_token\n");
-    for i in 0..EXPERTS.len() {
-        for j in i + 1..EXPERTS.len() {
-            let pair = format!("{}+{}", EXPERTS[i], EXPERTS[j]);
+    for (i, a) in EXPERTS.iter().enumerate() {
+        for b in &EXPERTS[i + 1..] {
+            let pair = format!("{a}+{b}");
             routers.push_str(&format!("    {pair}: {m}/routers-multi/{pair}\n"));
         }
     }
