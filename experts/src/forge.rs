@@ -464,6 +464,67 @@ fn is_complete(dir: &Path, profile: &ForgeProfile, seed: u64) -> bool {
         .is_ok_and(|r| r.forge_version == FORGE_VERSION && &r.profile == profile && r.seed == seed)
 }
 
+/// The forge's tokenizer at `path`, its end-of-text id and the profile's model config with
+/// its special tokens.
+fn tokenizer_and_config(
+    path: &Path,
+    p: &ForgeProfile,
+) -> Result<(tokenizers::Tokenizer, u32, ModelConfig)> {
+    let tokenizer = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| ExpertError::model(path, e.to_string()))?;
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| ExpertError::Tokenizer(format!("special token {t} missing")))
+    };
+    let (eot, bos, eos) = (id(END_OF_TEXT)?, id(BOS)?, id(EOS)?);
+    Ok((tokenizer, eot, p.model_config(bos, eos)))
+}
+
+/// An SFT branch of the foundation: what every branch shares.
+struct Branch<'a> {
+    foundation: &'a Path,
+    config: &'a ModelConfig,
+    tokenizer: &'a tokenizers::Tokenizer,
+    tokenizer_json: &'a Path,
+    eot: u32,
+}
+
+impl Branch<'_> {
+    /// Fine-tunes the foundation's weights on `docs` with the profile's SFT schedule and
+    /// writes the model to `dir` (through a temporary directory, `forge.json` last).
+    fn train(
+        &self,
+        docs: &[String],
+        p: &ForgeProfile,
+        seed: u64,
+        name: &str,
+        dir: &Path,
+    ) -> Result<()> {
+        let stream = tokenize_stream(self.tokenizer, docs, self.eot)?;
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let decoder = Decoder::new(self.config, vb)?;
+        varmap.load(self.foundation.join("model.safetensors"))?;
+        let record = train_steps(
+            &decoder,
+            &varmap,
+            &stream,
+            p,
+            p.sft_steps,
+            p.sft_lr,
+            seed,
+            name,
+        )?;
+        let parent = dir.parent().unwrap_or_else(|| Path::new("."));
+        let tmp = parent.join(format!(".{name}.tmp"));
+        write_model_files(&tmp, self.config, self.tokenizer_json)?;
+        varmap.save(tmp.join("model.safetensors"))?;
+        write_json(&tmp.join("forge.json"), &record)?;
+        commit_dir(&tmp, dir)
+    }
+}
+
 /// Options of [`forge`].
 #[derive(Debug, Clone)]
 pub struct ForgeOptions {
@@ -541,15 +602,7 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
         all.extend(reasoning.iter().cloned());
         all.extend(sop.iter().cloned());
         train_tokenizer(&all, p.vocab_size, &tok_path)?;
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| ExpertError::Tokenizer(e.to_string()))?;
-        let id = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| ExpertError::Tokenizer(format!("special token {t} missing")))
-        };
-        let (eot, bos, eos) = (id(END_OF_TEXT)?, id(BOS)?, id(EOS)?);
-        let config = p.model_config(bos, eos);
+        let (tokenizer, eot, config) = tokenizer_and_config(&tok_path, p)?;
 
         if need_foundation {
             let mut docs = general;
@@ -582,27 +635,14 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
             commit_dir(&tmp, &foundation_dir)?;
         }
         if need_sft {
-            let stream = tokenize_stream(&tokenizer, &sop, eot)?;
-            let mut varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-            let decoder = Decoder::new(&config, vb)?;
-            // Branch: start from the foundation's weights.
-            varmap.load(foundation_dir.join("model.safetensors"))?;
-            let record = train_steps(
-                &decoder,
-                &varmap,
-                &stream,
-                p,
-                p.sft_steps,
-                p.sft_lr,
-                seed + 1,
-                "sft-sop",
-            )?;
-            let tmp = out.join(".sft-sop.tmp");
-            write_model_files(&tmp, &config, &tok_path)?;
-            varmap.save(tmp.join("model.safetensors"))?;
-            write_json(&tmp.join("forge.json"), &record)?;
-            commit_dir(&tmp, &sft_dir)?;
+            let branch = Branch {
+                foundation: &foundation_dir,
+                config: &config,
+                tokenizer: &tokenizer,
+                tokenizer_json: &tok_path,
+                eot,
+            };
+            branch.train(&sop, p, seed + 1, "sft-sop", &sft_dir)?;
         }
         let _ = std::fs::remove_file(&tok_path);
     }
@@ -808,15 +848,7 @@ pub fn forge_areas(opts: &ForgeOptions) -> Result<AreasReport> {
 
     let device = Device::Cpu;
     let tok_path = pair.foundation.join("tokenizer.json");
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| ExpertError::model(&tok_path, e.to_string()))?;
-    let id = |t: &str| {
-        tokenizer
-            .token_to_id(t)
-            .ok_or_else(|| ExpertError::Tokenizer(format!("special token {t} missing")))
-    };
-    let (eot, bos, eos) = (id(END_OF_TEXT)?, id(BOS)?, id(EOS)?);
-    let config = p.model_config(bos, eos);
+    let (tokenizer, eot, config) = tokenizer_and_config(&tok_path, p)?;
     let mut experts = Vec::new();
     for (k, area) in corpus::SopArea::ALL.into_iter().enumerate() {
         let name = area.model_name();
@@ -827,26 +859,14 @@ pub fn forge_areas(opts: &ForgeOptions) -> Result<AreasReport> {
                 .iter()
                 .map(|e| chat_document(&template, e))
                 .collect::<Result<_>>()?;
-            let stream = tokenize_stream(&tokenizer, &docs, eot)?;
-            let mut varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-            let decoder = Decoder::new(&config, vb)?;
-            varmap.load(pair.foundation.join("model.safetensors"))?;
-            let record = train_steps(
-                &decoder,
-                &varmap,
-                &stream,
-                p,
-                p.sft_steps,
-                p.sft_lr,
-                branch_seed,
-                &name,
-            )?;
-            let tmp = out.join(format!(".{name}.tmp"));
-            write_model_files(&tmp, &config, &tok_path)?;
-            varmap.save(tmp.join("model.safetensors"))?;
-            write_json(&tmp.join("forge.json"), &record)?;
-            commit_dir(&tmp, &dir)?;
+            let branch = Branch {
+                foundation: &pair.foundation,
+                config: &config,
+                tokenizer: &tokenizer,
+                tokenizer_json: &tok_path,
+                eot,
+            };
+            branch.train(&docs, p, branch_seed, &name, &dir)?;
         }
         experts.push((name, dir.clone(), read_record(&dir)?));
     }
