@@ -164,7 +164,10 @@ async fn work(session: &Session, args: &Args, items: &[EvalItem]) -> anyhow::Res
     println!("{}", report.table());
     if let Some(dir) = &args.out {
         report.write(dir)?;
-        eprintln!("wrote {}/table.md and results.json", dir.display());
+        eprintln!(
+            "wrote {0}/table.md and {0}/results.json (and with a sweep {0}/sweep.svg, {0}/sweep.png)",
+            dir.display()
+        );
     }
     if args.json {
         println!("{}", report.json());
