@@ -148,7 +148,9 @@ impl Proj {
         if w.dim(D::Minus1)? % ggml.block_size() != 0 {
             return Ok(false);
         }
-        let q = QTensor::quantize(&w.to_dtype(DType::F32)?, ggml)?;
+        // Quantized on the CPU, stored on the weights' device.
+        let cpu = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let q = QTensor::quantize_onto(&cpu, ggml, w.device())?;
         *self = Self::Quantized {
             weight: QMatMul::from_qtensor(q)?,
             bias: l.bias().cloned(),
@@ -560,7 +562,8 @@ impl Decoder {
     }
 
     /// Requantizes every projection (attention, MLP, LM head) to `format` for candle's
-    /// quantized matmul; embeddings and norms stay dense. Projections whose input width is
+    /// quantized matmul (the LM head to Q8_0 when `format` has 4 bits); embeddings and
+    /// norms stay dense. Projections whose input width is
     /// not a multiple of the format's block size stay dense. Returns how many projections
     /// were quantized. Quantized weights have no backward pass: train on dense ones.
     pub fn quantize(&mut self, format: WeightFormat) -> Result<usize> {
@@ -583,7 +586,13 @@ impl Decoder {
                 n += usize::from(p.quantize(ggml)?);
             }
         }
-        n += usize::from(self.lm_head.quantize(ggml)?);
+        // The LM head is the most sensitive projection (it is also the tied embedding):
+        // like llama.cpp's own quantizations, keep it at 8 bits when the body has 4.
+        let head = match format {
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => GgmlDType::Q8_0,
+            _ => ggml,
+        };
+        n += usize::from(self.lm_head.quantize(head)?);
         self.weights = format;
         Ok(n)
     }
