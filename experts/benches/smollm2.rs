@@ -3,7 +3,7 @@
 //! 8, with Hugging Face transformers (f32) beside it in the same run.
 //!
 //! `cargo bench -p experts --bench smollm2 -- [MODEL_DIR] [--formats f32,q8_0,q4_0,q4_1]
-//! [--no-hf] [--json]` (default model: `models/smollm2-135m-instruct`, written by
+//! [--batches 1,8] [--no-hf] [--json]` (default model: `models/smollm2-135m-instruct`, written by
 //! `expert pull smollm2`). The transformers side runs `scripts/bench_transformers.py` with
 //! `$HF_PYTHON` (default `python3`).
 
@@ -110,18 +110,30 @@ fn main() {
         .collect();
     let json = args.iter().any(|a| a == "--json");
     let no_hf = args.iter().any(|a| a == "--no-hf");
-    let formats: Vec<WeightFormat> = args
+    let flag = |name: &str, default: &'static str| -> Vec<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, String::as_str)
+            .split(',')
+            .map(String::from)
+            .collect()
+    };
+    let formats: Vec<WeightFormat> = flag("--formats", "f32,q8_0,q4_0,q4_1")
         .iter()
-        .position(|a| a == "--formats")
-        .and_then(|i| args.get(i + 1))
-        .map_or("f32,q8_0,q4_0,q4_1", String::as_str)
-        .split(',')
         .map(|f| f.parse().unwrap())
+        .collect();
+    let batches: Vec<usize> = flag("--batches", "1,8")
+        .iter()
+        .map(|b| b.parse().unwrap())
         .collect();
     let dir = args
         .iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--formats"))
+        .find(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || !["--formats", "--batches"].contains(&args[i - 1].as_str()))
+        })
         .map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct"),
             |(_, a)| PathBuf::from(a),
@@ -138,7 +150,7 @@ fn main() {
     for &format in &formats {
         let model = load_model_as(&dir, DType::F32, &Device::Cpu, format)
             .unwrap_or_else(|e| panic!("{e} (get it with `expert pull smollm2`)"));
-        for batch in [1, 8] {
+        for &batch in &batches {
             let s = ours(&model, batch);
             println!(
                 "| ours (candle) | {format} | {batch} | {:.0} | {:.1} |",
@@ -151,7 +163,7 @@ fn main() {
         }
     }
     if !no_hf {
-        for batch in [1, 8] {
+        for &batch in &batches {
             if let Some(s) = transformers(&dir, batch) {
                 println!(
                     "| transformers (torch) | f32 | {batch} | {:.0} | {:.1} |",

@@ -353,9 +353,8 @@ impl Attention {
         let k = self.k_proj.forward(x)?;
         let v = self.v_proj.forward(x)?;
         let out = self.attend(&q, &k, &v, rotary, cache, offset, path)?;
-        Ok(self
-            .o_proj
-            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)?)
+        self.o_proj
+            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)
     }
 
     /// One decode position for each of several sequences, each with its own cache and
@@ -386,7 +385,7 @@ impl Attention {
             )?);
         }
         let out = Tensor::cat(&outs, 0)?.reshape((n, 1, self.heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 
     /// Rotary embedding, cache update and scaled dot-product attention for projected
@@ -478,9 +477,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }
 
@@ -720,12 +717,12 @@ impl Decoder {
 
     /// Final norm and LM head: residual stream → logits.
     pub fn head(&self, h: &Tensor, path: Path) -> Result<Tensor> {
-        Ok(self.lm_head.forward(&self.norm.forward(h, path)?)?)
+        self.lm_head.forward(&self.norm.forward(h, path)?)
     }
 
     /// LM head on an already-normed hidden state.
     pub fn lm_head(&self, normed: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(normed)?)
+        self.lm_head.forward(normed)
     }
 
     /// Full forward of `input_ids` `[batch, seq]`, continuing the sequences in `cache`.
