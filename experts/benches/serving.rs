@@ -49,6 +49,7 @@ async fn serve(dir: &std::path::Path, max_batch: usize) -> String {
         mixers: BTreeMap::new(),
         max_queue: 256,
         max_batch,
+        weights: BTreeMap::new(),
     };
     let state = tokio::task::spawn_blocking(move || ExpertState::load(&cfg))
         .await

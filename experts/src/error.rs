@@ -37,6 +37,11 @@ pub enum ExpertError {
         source: std::io::Error,
     },
 
+    /// Getting a model (`expert pull`) failed: pip missing or failing, unknown model, a
+    /// directory in the way.
+    #[error("pull: {0}")]
+    Pull(String),
+
     /// Training could not proceed.
     #[error("training: {0}")]
     Training(String),

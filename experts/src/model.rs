@@ -20,9 +20,16 @@
 //! experts between layers. Two numeric paths share the weights: [`Path::Fused`] uses
 //! candle's fused kernels for inference; [`Path::Differentiable`] builds the same maths from
 //! basic ops, which have backward passes, for training.
+//!
+//! The projections (q/k/v/o, gate/up/down, LM head) are `Proj`s: dense candle `Linear`s
+//! as loaded, or, after [`Decoder::quantize`], candle `QMatMul`s over GGML blocks
+//! ([`WeightFormat`]). Either way the same layer code runs, so fusion's hidden states and
+//! continuous batching work on quantized weights too. Embeddings and norms stay dense.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
@@ -34,6 +41,122 @@ pub enum Path {
     Fused,
     /// Basic tensor ops (differentiable, for training).
     Differentiable,
+}
+
+/// How projection weights are held at run time.
+///
+/// Candle 0.11.1 has AVX2 dot products for Q4_0, Q8_0 and the K-quants only; Q4_1 runs a
+/// scalar loop on x86. K-quants need input dimensions that are multiples of 256, which
+/// SmolLM2's hidden size (576) is not, so they are not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WeightFormat {
+    /// Dense, in the dtype the weights were loaded in (f32 on CPU).
+    #[default]
+    #[serde(rename = "f32")]
+    Dense,
+    /// 8-bit blocks of 32 with an f16 scale (8.5 bits per weight).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 with an f16 scale (4.5 bits per weight).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// 4-bit blocks of 32 with an f16 scale and minimum (5 bits per weight; scalar on x86).
+    #[serde(rename = "q4_1")]
+    Q4_1,
+}
+
+impl WeightFormat {
+    pub const NAMES: &'static str = "f32, q8_0, q4_0, q4_1";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "f32",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+        }
+    }
+
+    fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Self::Dense => None,
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Q4_0 => Some(GgmlDType::Q4_0),
+            Self::Q4_1 => Some(GgmlDType::Q4_1),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = ExpertError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "dense" => Ok(Self::Dense),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_0" => Ok(Self::Q4_0),
+            "q4_1" => Ok(Self::Q4_1),
+            other => Err(ExpertError::InvalidRequest(format!(
+                "unknown weight format {other:?} ({})",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
+/// A projection `y = x W^T (+ b)`: dense, or quantized blocks run by candle's `QMatMul`.
+#[derive(Debug, Clone)]
+enum Proj {
+    Dense(Linear),
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) => Ok(l.forward(x)?),
+            Self::Quantized { weight, bias } => {
+                // The CPU kernels read f32 rows.
+                let dtype = x.dtype();
+                let y = weight
+                    .forward(&x.to_dtype(DType::F32)?.contiguous()?)?
+                    .to_dtype(dtype)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+        }
+    }
+
+    /// Requantizes a dense projection; one whose input width is not a multiple of the
+    /// block size stays dense. Returns whether it was quantized.
+    fn quantize(&mut self, ggml: GgmlDType) -> Result<bool> {
+        let Self::Dense(l) = self else {
+            return Ok(false);
+        };
+        let w = l.weight();
+        if w.dim(D::Minus1)? % ggml.block_size() != 0 {
+            return Ok(false);
+        }
+        // Quantized on the CPU, stored on the weights' device.
+        let cpu = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let q = QTensor::quantize_onto(&cpu, ggml, w.device())?;
+        *self = Self::Quantized {
+            weight: QMatMul::from_qtensor(q)?,
+            bias: l.bias().cloned(),
+        };
+        Ok(true)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -169,21 +292,21 @@ impl KvCache {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
-fn linear(vb: VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
-    Ok(if bias {
+fn linear(vb: VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Proj> {
+    Ok(Proj::Dense(if bias {
         candle_nn::linear(inp, out, vb)?
     } else {
         candle_nn::linear_no_bias(inp, out, vb)?
-    })
+    }))
 }
 
 /// `[b, kv_heads, s, d]` → `[b, kv_heads * rep, s, d]`, each kv head repeated `rep` times.
@@ -230,9 +353,8 @@ impl Attention {
         let k = self.k_proj.forward(x)?;
         let v = self.v_proj.forward(x)?;
         let out = self.attend(&q, &k, &v, rotary, cache, offset, path)?;
-        Ok(self
-            .o_proj
-            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)?)
+        self.o_proj
+            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)
     }
 
     /// One decode position for each of several sequences, each with its own cache and
@@ -263,7 +385,7 @@ impl Attention {
             )?);
         }
         let out = Tensor::cat(&outs, 0)?.reshape((n, 1, self.heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 
     /// Rotary embedding, cache update and scaled dot-product attention for projected
@@ -338,9 +460,9 @@ fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -355,9 +477,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }
 
@@ -376,10 +496,11 @@ pub struct Decoder {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rotary: Rotary,
     device: Device,
     dtype: DType,
+    weights: WeightFormat,
 }
 
 /// What [`Decoder::forward`] returns.
@@ -418,11 +539,11 @@ impl Decoder {
             });
         }
         let norm = RmsNorm::new(vb.pp("model.norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = Proj::Dense(if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
-        };
+        });
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
         Ok(Self {
             config: cfg.clone(),
@@ -433,7 +554,49 @@ impl Decoder {
             rotary,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            weights: WeightFormat::Dense,
         })
+    }
+
+    /// Requantizes every projection (attention, MLP, LM head) to `format` for candle's
+    /// quantized matmul (the LM head to Q8_0 when `format` has 4 bits); embeddings and
+    /// norms stay dense. Projections whose input width is
+    /// not a multiple of the format's block size stay dense. Returns how many projections
+    /// were quantized. Quantized weights have no backward pass: train on dense ones.
+    pub fn quantize(&mut self, format: WeightFormat) -> Result<usize> {
+        let Some(ggml) = format.ggml() else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for p in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                n += usize::from(p.quantize(ggml)?);
+            }
+        }
+        // The LM head is the most sensitive projection (it is also the tied embedding):
+        // like llama.cpp's own quantizations, keep it at 8 bits when the body has 4.
+        let head = match format {
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => GgmlDType::Q8_0,
+            _ => ggml,
+        };
+        n += usize::from(self.lm_head.quantize(head)?);
+        self.weights = format;
+        Ok(n)
+    }
+
+    /// How the projections are held.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -554,12 +717,12 @@ impl Decoder {
 
     /// Final norm and LM head: residual stream → logits.
     pub fn head(&self, h: &Tensor, path: Path) -> Result<Tensor> {
-        Ok(self.lm_head.forward(&self.norm.forward(h, path)?)?)
+        self.lm_head.forward(&self.norm.forward(h, path)?)
     }
 
     /// LM head on an already-normed hidden state.
     pub fn lm_head(&self, normed: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(normed)?)
+        self.lm_head.forward(normed)
     }
 
     /// Full forward of `input_ids` `[batch, seq]`, continuing the sequences in `cache`.

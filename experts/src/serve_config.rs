@@ -8,6 +8,7 @@
 //!   mixers: {default: models/routers/btm_layer}    # btm_layer coefficients (train_router)
 //!   max_queue: 64           # requests admitted at once; more get 503 + Retry-After
 //!   max_batch: 16           # sequences decoded together in one step (continuous batching)
+//!   weights: {foundation: q8_0}   # per model: f32 (default) | q8_0 | q4_0 | q4_1
 //! ```
 //! Other top-level sections belong to other programs and are not read here; unknown keys
 //! inside `experts:` are errors naming the key and the file.
@@ -45,6 +46,9 @@ pub struct ServeConfig {
     pub max_queue: usize,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// How each model's projections are held at run time (models not named: dense).
+    #[serde(default)]
+    pub weights: BTreeMap<String, crate::model::WeightFormat>,
 }
 
 fn config_error(file: &Path, key: &str, message: impl std::fmt::Display) -> ExpertError {
@@ -85,6 +89,13 @@ impl ServeConfig {
                 file,
                 "experts.max_batch",
                 "must be at least 1",
+            ));
+        }
+        if let Some(name) = cfg.weights.keys().find(|n| !cfg.models.contains_key(*n)) {
+            return Err(config_error(
+                file,
+                &format!("experts.weights.{name}"),
+                "names no model in experts.models",
             ));
         }
         cfg.device()
@@ -146,6 +157,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tpu"), "{e}");
+        let c = load("experts:\n  models: {a: m/a}\n  weights: {a: q8_0}\n").unwrap();
+        assert_eq!(c.weights["a"], crate::model::WeightFormat::Q8_0);
+        let e = load("experts:\n  models: {a: m/a}\n  weights: {a: q3}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("experts.weights"), "{e}");
+        let e = load("experts:\n  models: {a: m/a}\n  weights: {b: q8_0}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("experts.weights.b"), "{e}");
         assert!(
             load("gateway: {}\n")
                 .unwrap_err()

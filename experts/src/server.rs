@@ -39,7 +39,7 @@ use crate::engine::{self, Event, Job, ValidRequest, build_fusion};
 use crate::error::{ExpertError, Result};
 use crate::fusion::{Decoding, LayerMixer, TokenRouter};
 use crate::generate::SamplingParams;
-use crate::loader::{LoadedModel, load_model};
+use crate::loader::{LoadedModel, load_model_as};
 use crate::serve_config::ServeConfig;
 
 /// Largest accepted request body.
@@ -74,7 +74,8 @@ impl ExpertState {
         };
         let mut models = BTreeMap::new();
         for (name, dir) in &cfg.models {
-            let mut m = load_model(dir, dtype, &device)?;
+            let weights = cfg.weights.get(name).copied().unwrap_or_default();
+            let mut m = load_model_as(dir, dtype, &device, weights)?;
             m.name = name.clone();
             models.insert(name.clone(), Arc::new(m));
         }

