@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -22,10 +21,8 @@ const PROMPT_LEN: usize = 64;
 const NEW_TOKENS: usize = 128;
 const REPEATS: usize = 3;
 
-struct Speed {
-    prefill_tok_s: f64,
-    decode_tok_s: f64,
-}
+mod common;
+use common::{Speed, transformers};
 
 fn ours(model: &LoadedModel, batch: usize) -> (Speed, usize) {
     let vocab = model.decoder.config().vocab_size as u32;
@@ -80,37 +77,6 @@ fn ours(model: &LoadedModel, batch: usize) -> (Speed, usize) {
     )
 }
 
-fn transformers(dir: &std::path::Path, batch: usize) -> Option<Speed> {
-    let python = std::env::var("HF_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_transformers.py");
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let out = Command::new(python)
-        .arg(script)
-        .arg(dir)
-        .args(["--prompt_len", &PROMPT_LEN.to_string()])
-        .args(["--new_tokens", &NEW_TOKENS.to_string()])
-        .args(["--batch", &batch.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "transformers unavailable: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    Some(Speed {
-        prefill_tok_s: v["prefill_tok_s"].as_f64()?,
-        decode_tok_s: v["decode_tok_s"].as_f64()?,
-    })
-}
-
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -151,7 +117,7 @@ fn main() {
     for batch in [1, 8] {
         let (o, kv_bytes) = ours(&model, batch);
         kv = kv_bytes;
-        let t = transformers(&dir, batch);
+        let t = transformers(&dir, batch, PROMPT_LEN, NEW_TOKENS, REPEATS);
         let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.0}"));
         let ratio =
             |a: f64, b: Option<f64>| b.map_or("n/a".to_string(), |b| format!("{:.2}×", a / b));

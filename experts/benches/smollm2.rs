@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -22,10 +21,8 @@ const PROMPT_LEN: usize = 64;
 const NEW_TOKENS: usize = 64;
 const REPEATS: usize = 2;
 
-struct Speed {
-    prefill_tok_s: f64,
-    decode_tok_s: f64,
-}
+mod common;
+use common::{Speed, transformers};
 
 fn argmax(logits: &Tensor) -> Vec<u32> {
     logits
@@ -69,38 +66,6 @@ fn ours(model: &LoadedModel, batch: usize) -> Speed {
         prefill_tok_s: (batch * PROMPT_LEN) as f64 / best_prefill,
         decode_tok_s: (batch * (NEW_TOKENS - 1)) as f64 / best_decode,
     }
-}
-
-fn transformers(dir: &std::path::Path, batch: usize) -> Option<Speed> {
-    let python = std::env::var("HF_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_transformers.py");
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let out = Command::new(python)
-        .arg(script)
-        .arg(dir)
-        .args(["--prompt_len", &PROMPT_LEN.to_string()])
-        .args(["--new_tokens", &NEW_TOKENS.to_string()])
-        .args(["--batch", &batch.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .args(["--repeats", &REPEATS.to_string()])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "transformers unavailable: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    Some(Speed {
-        prefill_tok_s: v["prefill_tok_s"].as_f64()?,
-        decode_tok_s: v["decode_tok_s"].as_f64()?,
-    })
 }
 
 fn main() {
@@ -164,7 +129,7 @@ fn main() {
     }
     if !no_hf {
         for &batch in &batches {
-            if let Some(s) = transformers(&dir, batch) {
+            if let Some(s) = transformers(&dir, batch, PROMPT_LEN, NEW_TOKENS, REPEATS) {
                 println!(
                     "| transformers (torch) | f32 | {batch} | {:.0} | {:.1} |",
                     s.prefill_tok_s, s.decode_tok_s
