@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use classifier::ClassifierError;
 use classifier::config::HybridConfig;
+use classifier::{Classification, ClassifierError};
 use protocol::FusionMode;
 use serde::{Deserialize, Serialize};
 
@@ -235,17 +235,21 @@ impl GatewayConfig {
     }
 
     /// The fusion mode for one uncertain query: `gateway.fusion`, or with
-    /// `gateway.fusion_top_k = k` the same mode over the experts of the classifier's `k`
+    /// `gateway.fusion_top_k = k` the same mode over the experts of the classification's `k`
     /// most likely categories (in `fusion.models` order; a named router or coefficient set
     /// is dropped so the expert process picks the one trained for exactly these experts).
-    pub fn fusion_for(&self, scores: &[f32]) -> FusionMode {
+    pub fn fusion_for(&self, c: &Classification) -> FusionMode {
         let g = &self.gateway;
         let Some(k) = g.fusion_top_k else {
             return g.fusion.clone();
         };
         let all = g.fusion.models();
-        let mut ranked: Vec<usize> = (0..scores.len()).collect();
+        // The chosen category first (a client's hint carries no scores), then the others by
+        // score.
+        let scores = &c.scores;
+        let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| i != c.category).collect();
         ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        ranked.insert(0, c.category);
         let mut chosen: Vec<&str> = Vec::new();
         for category in ranked {
             if let Some(m) = self.category_model(category)
@@ -549,7 +553,12 @@ gateway:
         let c = GatewayConfig::parse(&text, Path::new("multi_expert.yaml")).unwrap();
         assert_eq!(c.gateway.fused_experts(), 2);
         // Categories: reasoning, customer_service, sales, tech_support.
-        let mode = c.fusion_for(&[0.05, 0.40, 0.05, 0.50]);
+        let cls = |category: usize, scores: &[f32]| Classification {
+            category,
+            confidence: scores.get(category).copied().unwrap_or(0.6),
+            scores: scores.to_vec(),
+        };
+        let mode = c.fusion_for(&cls(3, &[0.05, 0.40, 0.05, 0.50]));
         assert_eq!(
             mode,
             FusionMode::BtmToken {
@@ -560,8 +569,17 @@ gateway:
             }
         );
         assert_eq!(
-            c.fusion_for(&[0.6, 0.1, 0.2, 0.1]).models(),
+            c.fusion_for(&cls(0, &[0.6, 0.1, 0.2, 0.1])).models(),
             ["foundation", "sft-sales"]
+        );
+        // A client's hint has a category and no scores: its expert, then the fusion's first.
+        assert_eq!(
+            c.fusion_for(&cls(2, &[])).models(),
+            ["foundation", "sft-sales"]
+        );
+        assert_eq!(
+            c.fusion_for(&cls(0, &[])).models(),
+            ["foundation", "sft-customer-service"]
         );
         // Ensemble weights follow their models.
         let mut e = c.clone();
@@ -577,7 +595,7 @@ gateway:
             weights: Some(vec![1.0, 2.0, 3.0, 4.0]),
         };
         assert_eq!(
-            e.fusion_for(&[0.1, 0.1, 0.5, 0.3]),
+            e.fusion_for(&cls(2, &[0.1, 0.1, 0.5, 0.3])),
             FusionMode::Ensemble {
                 models: vec!["sft-sales".into(), "sft-tech-support".into()],
                 weights: Some(vec![3.0, 4.0]),
@@ -585,7 +603,10 @@ gateway:
         );
         // Without top-k, every fused model runs.
         e.gateway.fusion_top_k = None;
-        assert_eq!(e.fusion_for(&[0.1, 0.1, 0.5, 0.3]).models().len(), 4);
+        assert_eq!(
+            e.fusion_for(&cls(2, &[0.1, 0.1, 0.5, 0.3])).models().len(),
+            4
+        );
         assert_eq!(e.gateway.fused_experts(), 4);
     }
 

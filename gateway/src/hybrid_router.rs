@@ -53,7 +53,7 @@ pub fn route_mode(
                 },
             )
         }
-        Route::Fusion => ("fusion", config.fusion_for(&classification.scores)),
+        Route::Fusion => ("fusion", config.fusion_for(classification)),
         Route::Foundation => (
             "foundation",
             FusionMode::Single {

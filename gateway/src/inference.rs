@@ -474,7 +474,7 @@ impl Session {
                 Strategy::Hybrid => self.route(&item.prompt)?.2,
                 Strategy::FusedTopK => self
                     .config
-                    .fusion_for(&self.classifier.classify(&item.prompt)?.scores),
+                    .fusion_for(&self.classifier.classify(&item.prompt)?),
             };
             if !matches!(mode, FusionMode::Single { .. }) {
                 fused += 1;
