@@ -366,16 +366,24 @@ impl GpuContext {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.check()?;
-                return Err(GpuError::Map(e.to_string()));
-            }
-            Err(_) => {
-                self.check()?;
-                return Err(GpuError::Map("map callback did not run".to_owned()));
+        // Another thread polling the same device may be the one that runs this callback, and
+        // may still be running it when our own poll returns: wait for the callback itself,
+        // polling again meanwhile, up to a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            self.wait()?;
+            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    self.check()?;
+                    return Err(GpuError::Map(e.to_string()));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if std::time::Instant::now() < deadline => {}
+                Err(_) => {
+                    self.check()?;
+                    return Err(GpuError::Map("map callback did not run".to_owned()));
+                }
             }
         }
         let bytes = staging
