@@ -91,8 +91,19 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Reads and validates `config.json`.
+/// The model directory holding the weights of `dir`: `dir` itself, or for a LoRA adapter
+/// directory ([`crate::lora`]) its base model.
+pub fn weights_dir(dir: &Path) -> Result<PathBuf> {
+    if crate::lora::is_adapter_dir(dir) {
+        crate::lora::base_dir(dir)
+    } else {
+        Ok(dir.to_path_buf())
+    }
+}
+
+/// Reads and validates `config.json` (the base model's, for an adapter directory).
 pub fn load_config(dir: &Path) -> Result<ModelConfig> {
+    let dir = &weights_dir(dir)?;
     let path = dir.join("config.json");
     let text = String::from_utf8(read(&path)?)
         .map_err(|_| ExpertError::model(&path, "config.json is not UTF-8"))?;
@@ -112,16 +123,21 @@ fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'
     Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }
 
-/// Loads the decoder alone.
+/// Loads the decoder alone; for an adapter directory, the base with the adapter merged.
 pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder> {
-    let config = load_config(dir)?;
-    let vb = var_builder(dir, dtype, device)?;
-    Decoder::new(&config, vb).map_err(|e| match e {
+    let base = weights_dir(dir)?;
+    let config = load_config(&base)?;
+    let vb = var_builder(&base, dtype, device)?;
+    let mut decoder = Decoder::new(&config, vb).map_err(|e| match e {
         ExpertError::Candle(e) => {
-            ExpertError::model(dir, format!("weights do not fit config.json: {e}"))
+            ExpertError::model(&base, format!("weights do not fit config.json: {e}"))
         }
         other => other,
-    })
+    })?;
+    if base != dir {
+        crate::lora::merge(&mut decoder, dir)?;
+    }
+    Ok(decoder)
 }
 
 /// Loads a whole model directory.
@@ -140,7 +156,10 @@ pub fn load_model_as(
     let config = load_config(dir)?;
     let mut decoder = load_decoder(dir, dtype, device)?;
     decoder.quantize(weights)?;
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    // An adapter directory takes its tokenizer, template and defaults from its base.
+    let files = weights_dir(dir)?;
+    let files = files.as_path();
+    let tokenizer = TextTokenizer::from_file(&files.join("tokenizer.json"))?;
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(ExpertError::model(
             dir,
@@ -151,7 +170,7 @@ pub fn load_model_as(
             ),
         ));
     }
-    let gen_path = dir.join("generation_config.json");
+    let gen_path = files.join("generation_config.json");
     let generation: GenerationDefaults = if gen_path.exists() {
         serde_json::from_slice(&read(&gen_path)?).map_err(|e| {
             ExpertError::model(&gen_path, format!("bad generation_config.json: {e}"))
@@ -159,7 +178,7 @@ pub fn load_model_as(
     } else {
         GenerationDefaults::default()
     };
-    let chat_template = ChatTemplate::from_tokenizer_config(dir)?;
+    let chat_template = ChatTemplate::from_tokenizer_config(files)?;
     let mut eos: Vec<u32> = config.eos_token_ids.clone();
     match &generation.eos_token_id {
         Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),

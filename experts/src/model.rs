@@ -110,13 +110,25 @@ impl std::str::FromStr for WeightFormat {
     }
 }
 
-/// A projection `y = x W^T (+ b)`: dense, or quantized blocks run by candle's `QMatMul`.
+/// A projection `y = x W^T (+ b)`: dense, quantized blocks run by candle's `QMatMul`, or a
+/// dense base plus a trainable low-rank update (LoRA, [`crate::lora`]).
 #[derive(Debug, Clone)]
-enum Proj {
+pub(crate) enum Proj {
     Dense(Linear),
     Quantized {
         weight: QMatMul,
         bias: Option<Tensor>,
+    },
+    /// Dense weights held fixed while others train: the backward pass computes the
+    /// input's gradient only, not the weight's ([`crate::lora::frozen_linear`]).
+    Frozen(Linear),
+    /// `y = base(x) + scale · (x Aᵀ) Bᵀ` with `A: [rank, in]`, `B: [out, rank]`; the base
+    /// is frozen.
+    Lora {
+        base: Linear,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
     },
 }
 
@@ -134,6 +146,11 @@ impl Proj {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 })
+            }
+            Self::Frozen(l) => crate::lora::frozen_linear(l, x),
+            Self::Lora { base, a, b, scale } => {
+                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                Ok((crate::lora::frozen_linear(base, x)? + (low * *scale)?)?)
             }
         }
     }
@@ -592,6 +609,34 @@ impl Decoder {
         n += usize::from(self.lm_head.quantize(head)?);
         self.weights = format;
         Ok(n)
+    }
+
+    /// The attention and MLP projections of every layer with their module names
+    /// (`model.layers.{i}.self_attn.q_proj`, … `model.layers.{i}.mlp.down_proj`), in layer
+    /// order. The LM head is not among them.
+    pub(crate) fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for (name, p) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// The LM head's projection.
+    pub(crate) fn lm_head_mut(&mut self) -> &mut Proj {
+        &mut self.lm_head
     }
 
     /// How the projections are held.

@@ -149,6 +149,40 @@ pub fn token_f1(prediction: &str, reference: &str) -> f64 {
     2.0 * precision * recall / (precision + recall)
 }
 
+/// ROUGE-L F1 in [0, 1]: the longest common subsequence of the two token sequences
+/// ([`score_tokens`]), as an F-measure of its precision and recall.
+pub fn rouge_l(prediction: &str, reference: &str) -> f64 {
+    let p = score_tokens(prediction);
+    let r = score_tokens(reference);
+    if p.is_empty() || r.is_empty() {
+        return if p.is_empty() && r.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    // One row of the LCS table at a time.
+    let mut prev = vec![0usize; r.len() + 1];
+    let mut row = vec![0usize; r.len() + 1];
+    for a in &p {
+        for (j, b) in r.iter().enumerate() {
+            row[j + 1] = if a == b {
+                prev[j] + 1
+            } else {
+                row[j].max(prev[j + 1])
+            };
+        }
+        std::mem::swap(&mut prev, &mut row);
+    }
+    let lcs = prev[r.len()];
+    if lcs == 0 {
+        return 0.0;
+    }
+    let precision = lcs as f64 / p.len() as f64;
+    let recall = lcs as f64 / r.len() as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
 /// 1 when the final answers match, else 0.
 pub fn answer_match(prediction: &str, reference: &str) -> f64 {
     match (
@@ -163,6 +197,20 @@ pub fn answer_match(prediction: &str, reference: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rouge_l_follows_the_longest_common_subsequence() {
+        assert_eq!(rouge_l("a b c d", "a b c d"), 1.0);
+        assert_eq!(rouge_l("x y", "a b"), 0.0);
+        assert_eq!(rouge_l("", ""), 1.0);
+        assert_eq!(rouge_l("", "a"), 0.0);
+        // LCS "a c d" (3) of 4 predicted and 5 reference tokens.
+        let f = rouge_l("a x c d", "a b c y d");
+        let (p, r) = (3.0 / 4.0, 3.0 / 5.0);
+        assert!((f - 2.0 * p * r / (p + r)).abs() < 1e-12);
+        // Order matters, unlike token-F1.
+        assert!(rouge_l("d c b a", "a b c d") < token_f1("d c b a", "a b c d"));
+    }
 
     #[test]
     fn f1_of_identical_and_disjoint() {

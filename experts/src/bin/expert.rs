@@ -31,6 +31,9 @@ enum Command {
     Pull(PullArgs),
     /// Perplexity of the model on a text file (held-out quality check of a weight format).
     Perplexity(PerplexityArgs),
+    /// Score the model on held-out question files: reference NLL, multiple choice by
+    /// log-likelihood, and (with --generate) token-F1 / ROUGE-L of greedy answers.
+    Eval(EvalArgs),
     /// Tokenize JSON strings, one per stdin line, into JSON arrays of ids, one per stdout
     /// line (special tokens written in the text are recognised; no BOS is added).
     Tokenize(TokenizeArgs),
@@ -81,6 +84,26 @@ struct PerplexityArgs {
     #[arg(long, default_value_t = 512)]
     window: usize,
     /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(rename_all = "snake_case")]
+struct EvalArgs {
+    /// A model directory, or a LoRA adapter directory (merged into its base at load).
+    #[arg(long)]
+    model: PathBuf,
+    /// Eval files (JSON lines: id, category, prompt, reference, choices?, answer?); repeatable.
+    #[arg(long, required = true)]
+    eval_file: Vec<PathBuf>,
+    /// Also generate up to N tokens per item (greedy) and score them against the reference.
+    #[arg(long)]
+    generate: Option<usize>,
+    /// Weight format of the projections: f32 (as stored), q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightFormat,
+    /// Print the scores (per category and per item) as one JSON object on the last line.
     #[arg(long)]
     json: bool,
 }
@@ -152,6 +175,7 @@ fn main() {
         Command::Logits(args) => run_logits(&args),
         Command::Pull(args) => run_pull(&args),
         Command::Perplexity(args) => run_perplexity(&args),
+        Command::Eval(args) => run_eval(&args),
         Command::Tokenize(args) => run_tokenize(&args),
         Command::Serve(args) => run_serve(&args),
     };
@@ -246,6 +270,42 @@ fn run_perplexity(args: &PerplexityArgs) -> Result<()> {
             "{}",
             serde_json::json!({ "dtype": args.dtype.name(), "tokens": p.tokens, "nll": p.nll, "perplexity": p.perplexity })
         );
+    }
+    Ok(())
+}
+
+fn run_eval(args: &EvalArgs) -> Result<()> {
+    use experts::scoring::{evaluate, read_items};
+    let mut items = Vec::new();
+    for f in &args.eval_file {
+        items.extend(read_items(f)?);
+    }
+    let model = load_model_as(&args.model, DType::F32, &Device::Cpu, args.dtype)?;
+    let t0 = std::time::Instant::now();
+    let scores = evaluate(&model, &items, args.generate)?;
+    let cell = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
+    println!(
+        "{} ({}), {} items in {:.1} s",
+        args.model.display(),
+        args.dtype,
+        items.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    println!("| category | items | reference NLL/token | multiple choice | token-F1 | ROUGE-L |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for c in &scores.categories {
+        println!(
+            "| {} | {} | {:.3} | {} | {} | {} |",
+            c.category,
+            c.items,
+            c.reference_nll,
+            cell(c.choice_accuracy),
+            cell(c.token_f1),
+            cell(c.rouge_l)
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&scores)?);
     }
     Ok(())
 }
