@@ -140,6 +140,21 @@ mod tests {
         ServeConfig::load(&p)
     }
 
+    /// Every config the project ships has a valid `experts:` section.
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                ServeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "{n} configs");
+    }
+
     #[test]
     fn reads_the_section_and_rejects_unknown_keys() {
         let c = load("hybrid: {}\nexperts:\n  models: {a: m/a}\n").unwrap();

@@ -542,6 +542,23 @@ gateway:
   feedback_db: data/feedback.sqlite
 "#;
 
+    /// Every config the project ships is valid.
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                GatewayConfig::parse(&text, &path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "{n} configs");
+    }
+
     /// The shipped multi-expert config (four categories, top-2 fusion) parses, and an
     /// uncertain query fuses the experts of its two most likely categories.
     #[test]
