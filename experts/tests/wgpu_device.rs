@@ -24,6 +24,7 @@ use experts::loader::{LoadedModel, load_model};
 use experts::model::{Path, WeightFormat};
 use experts::wgpu_backend::{WgpuMixing, WgpuModel, WgpuSequence, generate_greedy};
 use gpu::{GpuContext, GpuError, GpuOptions};
+use rand::{Rng, SeedableRng};
 
 const REQUIRE_ENV: &str = "HYBRID_GPU_REQUIRE";
 
@@ -83,6 +84,38 @@ fn pair() -> &'static (LoadedModel, LoadedModel) {
     })
 }
 
+/// The forged pair's tokenizers and configs with random-init weights (different per expert):
+/// a few training steps leave the forged models repeating one token, random weights make
+/// greedy generation wander, so token-for-token equality really tests every step.
+fn random_pair() -> &'static (LoadedModel, LoadedModel) {
+    static PAIR: OnceLock<(LoadedModel, LoadedModel)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let (a, b) = pair();
+        let scramble = |m: &LoadedModel, seed: u64| {
+            let mut cfg = m.decoder.config().clone();
+            cfg.tie_word_embeddings = seed % 2 == 0;
+            let varmap = VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let decoder = experts::model::Decoder::new(&cfg, vb).unwrap();
+            // Deterministic noise on top of candle's init.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            for var in varmap.all_vars() {
+                let t = var.as_tensor();
+                let noise: Vec<f32> = (0..t.elem_count())
+                    .map(|_| rng.random_range(-0.5f32..0.5))
+                    .collect();
+                let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu).unwrap();
+                var.set(&(t + noise).unwrap()).unwrap();
+            }
+            let mut out = load_model(&m.dir, DType::F32, &Device::Cpu).unwrap();
+            out.name = format!("{}-random", m.name);
+            out.decoder = decoder;
+            out
+        };
+        (scramble(a, 2), scramble(b, 3))
+    })
+}
+
 fn prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
     ["Question: what is 12 plus 7?", "SOP: reset the router", "a"]
         .iter()
@@ -102,7 +135,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn logits_match_the_candle_path() {
     let Some(ctx) = gpu() else { return };
     let (a, b) = pair();
-    for m in [a, b] {
+    let (ra, rb) = random_pair();
+    for m in [a, b, ra, rb] {
         let gm = WgpuModel::upload(ctx, &m.decoder).unwrap();
         for ids in prompts(m) {
             let input = Tensor::new(ids.as_slice(), &Device::Cpu)
@@ -153,9 +187,26 @@ fn router_for(a: &LoadedModel, b: &LoadedModel) -> experts::fusion::TokenRouter 
 /// Every mode: the fused distribution of the prompt and of a decode step within 1e-3, and
 /// greedy generation identical token for token.
 #[test]
-fn fusion_modes_match_the_candle_path() {
+fn fusion_modes_match_the_candle_path_on_the_forged_pair() {
     let Some(ctx) = gpu() else { return };
     let (a, b) = pair();
+    fusion_modes_match(ctx, a, b);
+}
+
+#[test]
+fn fusion_modes_match_the_candle_path_on_random_weights() {
+    let Some(ctx) = gpu() else { return };
+    let (a, b) = random_pair();
+    let distinct = fusion_modes_match(ctx, a, b);
+    assert!(
+        distinct >= 10,
+        "only {distinct} distinct tokens: too little to compare"
+    );
+}
+
+/// Returns how many distinct tokens the greedy generations produced.
+fn fusion_modes_match(ctx: &GpuContext, a: &LoadedModel, b: &LoadedModel) -> usize {
+    let mut distinct = std::collections::BTreeSet::new();
     let ga = WgpuModel::upload(ctx, &a.decoder).unwrap();
     let gb = WgpuModel::upload(ctx, &b.decoder).unwrap();
     let router = router_for(a, b);
@@ -240,12 +291,14 @@ fn fusion_modes_match_the_candle_path() {
             eprintln!("{name}: {} tokens {got:?}", got.len());
             assert_eq!(want, got, "{name}: greedy tokens differ");
             total += got.len();
+            distinct.extend(got.iter().copied());
         }
         assert!(
             total > 0,
             "{name}: nothing was generated, the comparison is empty"
         );
     }
+    distinct.len()
 }
 
 #[test]
