@@ -167,6 +167,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tpu"), "{e}");
+        // The portable GPU device exists only with its cargo feature.
+        let wgpu = load("experts:\n  models: {a: m/a}\n  device: wgpu\n");
+        if cfg!(feature = "wgpu") {
+            assert!(wgpu.unwrap().wgpu());
+        } else {
+            let e = wgpu.unwrap_err().to_string();
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
         let c = load("experts:\n  models: {a: m/a}\n  weights: {a: q8_0}\n").unwrap();
         assert_eq!(c.weights["a"], crate::model::WeightFormat::Q8_0);
         let e = load("experts:\n  models: {a: m/a}\n  weights: {a: q3}\n")
