@@ -166,7 +166,10 @@ pub fn start(registry: Arc<Registry>, max_batch: usize) -> Result<Sender<Job>> {
 enum Seq<'r> {
     Candle(FusedSequence<'r>),
     #[cfg(feature = "wgpu")]
-    Wgpu(crate::wgpu_backend::WgpuSequence<'r>, &'r gpu::GpuContext),
+    Wgpu(
+        Box<crate::wgpu_backend::WgpuSequence<'r>>,
+        &'r gpu::GpuContext,
+    ),
 }
 
 impl Seq<'_> {
@@ -191,7 +194,7 @@ impl Seq<'_> {
 fn new_seq<'r>(reg: &'r Registry, fusion: Fusion<'r>) -> Result<Seq<'r>> {
     #[cfg(feature = "wgpu")]
     if let Some(g) = &reg.gpu {
-        return Ok(Seq::Wgpu(g.sequence(&fusion)?, &g.ctx));
+        return Ok(Seq::Wgpu(Box::new(g.sequence(&fusion)?), &g.ctx));
     }
     let _ = reg;
     Ok(Seq::Candle(FusedSequence::new(fusion)?))

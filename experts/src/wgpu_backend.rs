@@ -388,7 +388,7 @@ impl GpuRouter {
 pub enum WgpuMixing {
     Single,
     Ensemble(Vec<f32>),
-    Token { router: GpuRouter, hard: bool },
+    Token { router: Box<GpuRouter>, hard: bool },
     Layer(Vec<Vec<f32>>),
 }
 
@@ -400,7 +400,7 @@ impl WgpuMixing {
             Fusion::Single(_) => Self::Single,
             Fusion::Ensemble { weights, .. } => Self::Ensemble(weights.clone()),
             Fusion::BtmToken { router, hard, .. } => Self::Token {
-                router: GpuRouter::upload(ctx, router)?,
+                router: Box::new(GpuRouter::upload(ctx, router)?),
                 hard: *hard,
             },
             Fusion::BtmLayer { mixer, .. } => Self::Layer(mixer.weights()?.to_vec2()?),
