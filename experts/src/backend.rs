@@ -394,3 +394,63 @@ fn layer_mixed_step<B: Ops, W: Weights<B> + ?Sized>(
         weights: mean,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use crate::config::{Architecture, ModelConfig};
+    use crate::model::{Decoder, Path};
+
+    /// Training (forge, train_router, distill) runs `Decoder::forward` on the differentiable
+    /// path, which is the generic step on candle: every weight must still get a gradient.
+    #[test]
+    fn training_backpropagates_through_the_generic_step() {
+        let cfg = ModelConfig {
+            architecture: Architecture::Qwen2,
+            vocab_size: 37,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            max_position_embeddings: 32,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            qkv_bias: true,
+            bos_token_id: None,
+            eos_token_ids: vec![0],
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let d = Decoder::new(&cfg, vb).unwrap();
+        let x = Tensor::new(&[[1u32, 5, 9, 2, 30]], &Device::Cpu).unwrap();
+        let target = Tensor::new(&[5u32, 9, 2, 30, 7], &Device::Cpu).unwrap();
+        let logits = d
+            .forward(&x, None, false, false, Path::Differentiable)
+            .unwrap()
+            .logits
+            .squeeze(0)
+            .unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &target).unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        assert!(vars.len() > 10);
+        for (name, var) in vars.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "zero gradient for {name}");
+        }
+    }
+}
