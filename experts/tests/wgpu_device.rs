@@ -446,3 +446,70 @@ fn the_server_reports_a_lost_device() {
         server.abort();
     });
 }
+
+/// `expert serve` with `device: wgpu`: the adapter report is logged before `listening on`;
+/// with no matching adapter start-up fails with a clear error instead.
+#[test]
+fn expert_serve_logs_the_adapter_or_names_the_missing_one() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    if gpu().is_none() {
+        return;
+    }
+    let (a, _) = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "experts:\n  models: {{foundation: {}}}\n  device: wgpu\n",
+            a.dir.display()
+        ),
+    )
+    .unwrap();
+    let serve = |adapter: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_expert"));
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match adapter {
+            Some(a) => cmd.env(gpu::ADAPTER_ENV, a),
+            None => cmd.env_remove(gpu::ADAPTER_ENV),
+        };
+        cmd.spawn().unwrap()
+    };
+
+    let out = serve(Some("no-such-adapter")).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no GPU adapter") && err.contains("no-such-adapter"),
+        "{err}"
+    );
+
+    let mut child = serve(None);
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on http://");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = lines.join("\n");
+    assert!(log.contains("listening on http://"), "{log}");
+    let report = lines
+        .iter()
+        .position(|l| {
+            l.contains("wgpu device: adapter") && l.contains("max_storage_buffer_binding_size")
+        })
+        .unwrap_or_else(|| panic!("no adapter report in:\n{log}"));
+    assert!(report < lines.len() - 1, "{log}");
+}
