@@ -165,11 +165,13 @@ pub fn start(registry: Arc<Registry>, max_batch: usize) -> Result<Sender<Job>> {
 /// device (stepped one sequence at a time; both run the generic fusion step).
 enum Seq<'r> {
     Candle(FusedSequence<'r>),
+    /// `greedy`: the argmax runs on the device and only the token id comes back.
     #[cfg(feature = "wgpu")]
-    Wgpu(
-        Box<crate::wgpu_backend::WgpuSequence<'r>>,
-        &'r gpu::GpuContext,
-    ),
+    Wgpu {
+        seq: Box<crate::wgpu_backend::WgpuSequence<'r>>,
+        ctx: &'r gpu::GpuContext,
+        greedy: bool,
+    },
 }
 
 impl Seq<'_> {
@@ -178,12 +180,27 @@ impl Seq<'_> {
         match self {
             Self::Candle(s) => s.step(ids),
             #[cfg(feature = "wgpu")]
-            Self::Wgpu(s, ctx) => {
-                // The sampler (temperature, top-k/p, penalties) reads the distribution.
-                let out = s.step_probs(ctx, ids)?;
+            Self::Wgpu { seq, ctx, greedy } => {
+                let cpu = &candle_core::Device::Cpu;
+                if *greedy {
+                    // The sampler's arg-max of a one-hot distribution is the device's token.
+                    let out = seq.step_greedy(ctx, ids)?;
+                    let mut one_hot = vec![0f32; seq.vocab_size()];
+                    let slot = one_hot.get_mut(out.value as usize).ok_or_else(|| {
+                        ExpertError::InvalidRequest(format!("token {} out of range", out.value))
+                    })?;
+                    *slot = 1.0;
+                    let n = one_hot.len();
+                    return Ok(StepOutput {
+                        probs: candle_core::Tensor::from_vec(one_hot, n, cpu)?,
+                        weights: out.weights,
+                    });
+                }
+                // Sampling (temperature, top-k/p, penalties) reads the distribution.
+                let out = seq.step_probs(ctx, ids)?;
                 let n = out.value.len();
                 Ok(StepOutput {
-                    probs: candle_core::Tensor::from_vec(out.value, n, &candle_core::Device::Cpu)?,
+                    probs: candle_core::Tensor::from_vec(out.value, n, cpu)?,
                     weights: out.weights,
                 })
             }
@@ -191,12 +208,16 @@ impl Seq<'_> {
     }
 }
 
-fn new_seq<'r>(reg: &'r Registry, fusion: Fusion<'r>) -> Result<Seq<'r>> {
+fn new_seq<'r>(reg: &'r Registry, fusion: Fusion<'r>, params: &SamplingParams) -> Result<Seq<'r>> {
     #[cfg(feature = "wgpu")]
     if let Some(g) = &reg.gpu {
-        return Ok(Seq::Wgpu(Box::new(g.sequence(&fusion)?), &g.ctx));
+        return Ok(Seq::Wgpu {
+            seq: Box::new(g.sequence(&fusion)?),
+            ctx: &g.ctx,
+            greedy: params.is_greedy(),
+        });
     }
-    let _ = reg;
+    let _ = (reg, params);
     Ok(Seq::Candle(FusedSequence::new(fusion)?))
 }
 
@@ -283,7 +304,7 @@ fn admit(reg: &Registry, job: Job) -> Option<Active<'_>> {
     } = job;
     let prepared = build_fusion(reg, &request.mode).and_then(|fusion| {
         let decoding = Decoding::new(&fusion, &request.prompt_ids, &request.params)?;
-        Ok((new_seq(reg, fusion)?, decoding))
+        Ok((new_seq(reg, fusion, &request.params)?, decoding))
     });
     let (seq, decoding) = match prepared {
         Ok(p) => p,
@@ -349,7 +370,7 @@ fn run(reg: &Registry, jobs: &Receiver<Job>, max_batch: usize) {
             // Device sequences step one by one (no cross-sequence batching on wgpu yet).
             #[cfg(feature = "wgpu")]
             for a in active.iter_mut() {
-                if let (Seq::Wgpu(..), Some(t)) = (&a.seq, a.next) {
+                if let (Seq::Wgpu { .. }, Some(t)) = (&a.seq, a.next) {
                     match a.seq.step(&[t]) {
                         Ok(out) => a.advance(&out),
                         Err(e) => a.fail(&format!("decode step failed: {e}")),

@@ -440,6 +440,11 @@ impl<'m> WgpuSequence<'m> {
         })
     }
 
+    /// Size of the vocabulary the sequence's distributions are over.
+    pub fn vocab_size(&self) -> usize {
+        self.models.first().map_or(0, |m| m.config.vocab_size)
+    }
+
     /// Positions fed so far.
     pub fn len(&self) -> usize {
         self.caches

@@ -418,6 +418,29 @@ fn the_server_reports_a_lost_device() {
         };
         let want = generate_fused(Fusion::Single(a), &ids, &params, |_, _| true).unwrap();
         assert_eq!(v["text"], want.generation.text.as_str(), "{v}");
+        // Sampling reads the distribution back and draws with the same seeded sampler.
+        let sampled = serde_json::json!({
+            "mode": {"type": "single", "model": "foundation"},
+            "prompt": prompt,
+            "sampling": {"max_tokens": 8, "temperature": 1.5, "seed": 11},
+        });
+        let v: serde_json::Value = client
+            .post(format!("{url}/v1/generate"))
+            .json(&sampled)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let params = SamplingParams {
+            max_tokens: 8,
+            temperature: 1.5,
+            seed: 11,
+            ..SamplingParams::default()
+        };
+        let want = generate_fused(Fusion::Single(a), &ids, &params, |_, _| true).unwrap();
+        assert_eq!(v["text"], want.generation.text.as_str(), "{v}");
 
         state
             .registry
