@@ -161,9 +161,69 @@ pub fn start(registry: Arc<Registry>, max_batch: usize) -> Result<Sender<Job>> {
     Ok(tx)
 }
 
+/// Where a sequence runs: candle (batched across sequences by [`step_batch`]) or the wgpu
+/// device (stepped one sequence at a time; both run the generic fusion step).
+enum Seq<'r> {
+    Candle(FusedSequence<'r>),
+    /// `greedy`: the argmax runs on the device and only the token id comes back.
+    #[cfg(feature = "wgpu")]
+    Wgpu {
+        seq: Box<crate::wgpu_backend::WgpuSequence<'r>>,
+        ctx: &'r gpu::GpuContext,
+        greedy: bool,
+    },
+}
+
+impl Seq<'_> {
+    /// Feeds `ids` to this sequence alone.
+    fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        match self {
+            Self::Candle(s) => s.step(ids),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu { seq, ctx, greedy } => {
+                let cpu = &candle_core::Device::Cpu;
+                if *greedy {
+                    // The sampler's arg-max of a one-hot distribution is the device's token.
+                    let out = seq.step_greedy(ctx, ids)?;
+                    let mut one_hot = vec![0f32; seq.vocab_size()];
+                    let slot = one_hot.get_mut(out.value as usize).ok_or_else(|| {
+                        ExpertError::InvalidRequest(format!("token {} out of range", out.value))
+                    })?;
+                    *slot = 1.0;
+                    let n = one_hot.len();
+                    return Ok(StepOutput {
+                        probs: candle_core::Tensor::from_vec(one_hot, n, cpu)?,
+                        weights: out.weights,
+                    });
+                }
+                // Sampling (temperature, top-k/p, penalties) reads the distribution.
+                let out = seq.step_probs(ctx, ids)?;
+                let n = out.value.len();
+                Ok(StepOutput {
+                    probs: candle_core::Tensor::from_vec(out.value, n, cpu)?,
+                    weights: out.weights,
+                })
+            }
+        }
+    }
+}
+
+fn new_seq<'r>(reg: &'r Registry, fusion: Fusion<'r>, params: &SamplingParams) -> Result<Seq<'r>> {
+    #[cfg(feature = "wgpu")]
+    if let Some(g) = &reg.gpu {
+        return Ok(Seq::Wgpu {
+            seq: Box::new(g.sequence(&fusion)?),
+            ctx: &g.ctx,
+            greedy: params.is_greedy(),
+        });
+    }
+    let _ = (reg, params);
+    Ok(Seq::Candle(FusedSequence::new(fusion)?))
+}
+
 /// A sequence being generated.
 struct Active<'r> {
-    seq: FusedSequence<'r>,
+    seq: Seq<'r>,
     decoding: Decoding<'r>,
     /// The token to feed at the next step; `None` once the sequence has ended.
     next: Option<u32>,
@@ -244,7 +304,7 @@ fn admit(reg: &Registry, job: Job) -> Option<Active<'_>> {
     } = job;
     let prepared = build_fusion(reg, &request.mode).and_then(|fusion| {
         let decoding = Decoding::new(&fusion, &request.prompt_ids, &request.params)?;
-        Ok((FusedSequence::new(fusion)?, decoding))
+        Ok((new_seq(reg, fusion, &request.params)?, decoding))
     });
     let (seq, decoding) = match prepared {
         Ok(p) => p,
@@ -307,17 +367,34 @@ fn run(reg: &Registry, jobs: &Receiver<Job>, max_batch: usize) {
         metrics::gauge!("expert_active_sequences").set(tokens.len() as f64);
         if !tokens.is_empty() {
             metrics::histogram!("expert_batch_size").record(tokens.len() as f64);
-            let mut seqs: Vec<&mut FusedSequence<'_>> = active
-                .iter_mut()
-                .filter(|a| a.next.is_some())
-                .map(|a| &mut a.seq)
-                .collect();
-            let stepped = step_batch(&mut seqs, &tokens);
-            drop(seqs);
-            let running = active.iter_mut().filter(|a| a.next.is_some());
-            match stepped {
-                Ok(outs) => running.zip(&outs).for_each(|(a, out)| a.advance(out)),
-                Err(e) => running.for_each(|a| a.fail(&format!("decode step failed: {e}"))),
+            // Device sequences step one by one (no cross-sequence batching on wgpu yet).
+            #[cfg(feature = "wgpu")]
+            for a in active.iter_mut() {
+                if let (Seq::Wgpu { .. }, Some(t)) = (&a.seq, a.next) {
+                    match a.seq.step(&[t]) {
+                        Ok(out) => a.advance(&out),
+                        Err(e) => a.fail(&format!("decode step failed: {e}")),
+                    }
+                }
+            }
+            let mut seqs: Vec<&mut FusedSequence<'_>> = Vec::new();
+            let mut batched_tokens = Vec::new();
+            for a in active.iter_mut() {
+                if let (Seq::Candle(s), Some(t)) = (&mut a.seq, a.next) {
+                    seqs.push(s);
+                    batched_tokens.push(t);
+                }
+            }
+            if !seqs.is_empty() {
+                let stepped = step_batch(&mut seqs, &batched_tokens);
+                drop(seqs);
+                let running = active
+                    .iter_mut()
+                    .filter(|a| a.next.is_some() && matches!(a.seq, Seq::Candle(_)));
+                match stepped {
+                    Ok(outs) => running.zip(&outs).for_each(|(a, out)| a.advance(out)),
+                    Err(e) => running.for_each(|a| a.fail(&format!("decode step failed: {e}"))),
+                }
             }
         }
         let mut i = 0;

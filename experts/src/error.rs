@@ -42,6 +42,11 @@ pub enum ExpertError {
     #[error("pull: {0}")]
     Pull(String),
 
+    /// The wgpu device failed: no adapter, a buffer over the device's limit, a lost device.
+    #[cfg(feature = "wgpu")]
+    #[error(transparent)]
+    Gpu(#[from] gpu::GpuError),
+
     /// Training could not proceed.
     #[error("training: {0}")]
     Training(String),

@@ -21,6 +21,7 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Mixing, fused_step};
 use crate::error::{ExpertError, Result};
 use crate::generate::{FinishReason, Generation, Sampler, SamplingParams, StopFilter};
 use crate::loader::LoadedModel;
@@ -63,6 +64,16 @@ impl TokenRouter {
             .fc2
             .forward(&candle_nn::ops::silu(&self.fc1.forward(&x)?)?)?;
         Ok(candle_nn::ops::softmax(&logits, D::Minus1)?)
+    }
+
+    /// The router's MLP as weights of the generic fusion step.
+    pub(crate) fn candle_weights(&self) -> crate::backend::RouterWeights<crate::model::CandleOps> {
+        crate::model::router_weights(&self.fc1, &self.fc2)
+    }
+
+    /// The router's layers `(fc1, fc2)`, for uploading to another device.
+    pub fn layers(&self) -> (&Linear, &Linear) {
+        (&self.fc1, &self.fc2)
     }
 
     /// A router that always gives all weight to expert `index` (for tests and for pinning).
@@ -293,31 +304,6 @@ fn in_parallel<T: Send, R: Send>(
     })
 }
 
-/// Runs each expert on `ids` (`[1, t]`) with its cache, in parallel, returning the last
-/// position's probabilities and normed hidden state.
-fn expert_steps(
-    models: &[&LoadedModel],
-    caches: &mut [KvCache],
-    ids: &[u32],
-) -> Result<Vec<ExpertOut>> {
-    let jobs: Vec<_> = models.iter().zip(caches.iter_mut()).collect();
-    in_parallel(jobs, |(m, cache)| {
-        let input = Tensor::new(ids, m.decoder.device())?.unsqueeze(0)?;
-        let out = m
-            .decoder
-            .forward(&input, Some(cache), true, true, Path::Fused)?;
-        let logits = out.logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-        let hidden = out
-            .hidden_states
-            .and_then(|mut h| h.pop())
-            .ok_or_else(|| ExpertError::InvalidRequest("no hidden state".into()))?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?;
-        Ok((probs, hidden))
-    })
-}
-
 /// Mixes residual streams with one row of layer coefficients.
 pub(crate) fn mix_streams(streams: &[Tensor], row: &[f32]) -> Result<Tensor> {
     let mut acc = (&streams[0] * f64::from(row[0]))?;
@@ -357,42 +343,6 @@ fn mean_coefficients(weights: &[Vec<f32>], experts: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The layer-mixed forward for `btm_layer` on one sequence: probabilities of the last position.
-fn layer_mixed_step(
-    models: &[&LoadedModel],
-    caches: &mut [KvCache],
-    mixer: &LayerMixer,
-    ids: &[u32],
-) -> Result<(Tensor, Vec<f32>)> {
-    let device = models[0].decoder.device();
-    let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-    let weights: Vec<Vec<f32>> = mixer.weights()?.to_vec2()?;
-    let offset = caches[0].len();
-    let embeds: Vec<Tensor> = models
-        .iter()
-        .map(|m| m.decoder.embed(&input))
-        .collect::<Result<_>>()?;
-    let mut h = mix_streams(&embeds, &weights[0])?;
-    let layers = models[0].decoder.config().num_hidden_layers;
-    for l in 0..layers {
-        let jobs: Vec<_> = models.iter().zip(caches.iter_mut()).collect();
-        let outs = in_parallel(jobs, |(m, c)| {
-            m.decoder.layer(l, &h, Some(c), offset, Path::Fused)
-        })?;
-        h = mix_streams(&outs, &weights[l + 1])?;
-    }
-    let t = h.dim(1)?;
-    let last = h.narrow(1, t - 1, 1)?.contiguous()?;
-    let logits = mixed_head(models, &last, &weights[layers], Path::Fused)?
-        .squeeze(0)?
-        .squeeze(0)?
-        .to_dtype(DType::F32)?;
-    Ok((
-        candle_nn::ops::softmax_last_dim(&logits)?,
-        mean_coefficients(&weights, models.len()),
-    ))
-}
-
 /// State of one fused sequence: its fusion mode and the caches of its experts.
 #[derive(Debug)]
 pub struct FusedSequence<'a> {
@@ -412,14 +362,39 @@ impl<'a> FusedSequence<'a> {
     }
 
     /// Feeds `ids` (the prompt, or one token) to this sequence alone and returns the
-    /// next-token distribution with the mixing weights.
+    /// next-token distribution with the mixing weights. This is the generic fusion step of
+    /// [`crate::backend`] on the candle device, the one the wgpu device runs too.
     pub fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
-        if let Fusion::BtmLayer { models, mixer } = &self.fusion {
-            let (probs, weights) = layer_mixed_step(models, &mut self.caches, mixer, ids)?;
-            return Ok(StepOutput { probs, weights });
-        }
-        let outs = expert_steps(self.fusion.models(), &mut self.caches, ids)?;
-        combine(&self.fusion, outs)
+        let decoders: Vec<&crate::model::Decoder> =
+            self.fusion.models().iter().map(|m| &m.decoder).collect();
+        let ops = decoders
+            .first()
+            .ok_or_else(|| ExpertError::InvalidRequest("no models".into()))?
+            .ops(Path::Fused);
+        let (router, coefficients);
+        let mixing = match &self.fusion {
+            Fusion::Single(_) => Mixing::Single,
+            Fusion::Ensemble { weights, .. } => Mixing::Ensemble(weights),
+            Fusion::BtmToken {
+                router: r, hard, ..
+            } => {
+                router = r.candle_weights();
+                Mixing::Token {
+                    router: &router,
+                    hard: *hard,
+                }
+            }
+            Fusion::BtmLayer { mixer, .. } => {
+                coefficients = mixer.weights()?.to_vec2::<f32>()?;
+                Mixing::Layer(&coefficients)
+            }
+        };
+        let mut caches: Vec<_> = self.caches.iter_mut().map(KvCache::layers_mut).collect();
+        let out = fused_step(&ops, &decoders, &mut caches, &mixing, ids)?;
+        Ok(StepOutput {
+            probs: out.probs.flatten_all()?.to_dtype(DType::F32)?,
+            weights: out.weights,
+        })
     }
 }
 

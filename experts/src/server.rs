@@ -51,6 +51,29 @@ pub struct Registry {
     pub models: BTreeMap<String, Arc<LoadedModel>>,
     pub routers: HashMap<String, Arc<TokenRouter>>,
     pub mixers: HashMap<String, Arc<LayerMixer>>,
+    /// With `device: wgpu`: the GPU and the models' weights on it; sequences run there.
+    #[cfg(feature = "wgpu")]
+    pub gpu: Option<Arc<crate::wgpu_backend::WgpuDevice>>,
+}
+
+impl Registry {
+    /// Whether the device the models run on is usable (false once a GPU is lost).
+    pub fn device_healthy(&self) -> bool {
+        self.check_device().is_ok()
+    }
+
+    /// `Err` (a lost GPU) when the models' device can no longer run anything.
+    pub fn check_device(&self) -> Result<()> {
+        #[cfg(feature = "wgpu")]
+        if let Some(g) = &self.gpu {
+            if !g.ctx.is_healthy() {
+                return Err(ExpertError::Gpu(gpu::GpuError::DeviceLost {
+                    reason: "the GPU device was lost; restart the expert process".into(),
+                }));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything the handlers share.
@@ -90,10 +113,18 @@ impl ExpertState {
         for (name, dir) in &cfg.mixers {
             mixers.insert(name.clone(), Arc::new(LayerMixer::load(dir, &device)?));
         }
+        #[cfg(feature = "wgpu")]
+        let gpu = if cfg.wgpu() {
+            Some(Arc::new(crate::wgpu_backend::WgpuDevice::new(&models)?))
+        } else {
+            None
+        };
         let registry = Arc::new(Registry {
             models,
             routers,
             mixers,
+            #[cfg(feature = "wgpu")]
+            gpu,
         });
         let jobs = engine::start(registry.clone(), cfg.max_batch)?;
         Ok(Self {
@@ -138,6 +169,11 @@ impl From<ExpertError> for ApiError {
     fn from(e: ExpertError) -> Self {
         match e {
             ExpertError::InvalidRequest(m) => Self::bad_request(m),
+            #[cfg(feature = "wgpu")]
+            e @ ExpertError::Gpu(gpu::GpuError::DeviceLost { .. }) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: ErrorBody::new(e.to_string(), "server_error", "device_lost"),
+            },
             other => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 body: ErrorBody::new(other.to_string(), "server_error", "internal"),
@@ -191,6 +227,13 @@ pub fn router(state: Arc<ExpertState>) -> Router {
 }
 
 async fn health(State(s): State<Arc<ExpertState>>) -> Response {
+    if !s.registry.device_healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unhealthy", "reason": "GPU device lost"})),
+        )
+            .into_response();
+    }
     if s.ready.load(Ordering::SeqCst) {
         Json(serde_json::json!({"status": "ok", "models": s.model_names()})).into_response()
     } else {
@@ -304,6 +347,7 @@ fn submit(
     request: ValidRequest,
     arrived: Instant,
 ) -> std::result::Result<UnboundedReceiver<Event>, ApiError> {
+    s.registry.check_device()?;
     let Ok(permit) = s.queue.clone().try_acquire_owned() else {
         metrics::counter!("expert_rejected_total").increment(1);
         return Err(ApiError {

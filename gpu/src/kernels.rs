@@ -38,6 +38,17 @@ pub(crate) enum Kernel {
 
 const KERNEL_COUNT: usize = 15;
 
+/// A kernel's WGSL: the shared header (`shaders/common.wgsl`: the workgroup numbering of the
+/// 2-D dispatch grid) followed by the kernel's own file.
+macro_rules! shader {
+    ($file:literal) => {
+        concat!(
+            include_str!("shaders/common.wgsl"),
+            include_str!(concat!("shaders/", $file))
+        )
+    };
+}
+
 impl Kernel {
     const ALL: [Kernel; KERNEL_COUNT] = [
         Kernel::Matmul,
@@ -77,24 +88,24 @@ impl Kernel {
         }
     }
 
-    /// (WGSL source, entry point).
+    /// (WGSL source, entry point). Every source starts with the shared header.
     fn source(self) -> (&'static str, &'static str) {
         match self {
-            Kernel::Matmul => (include_str!("shaders/matmul.wgsl"), "main"),
-            Kernel::MatvecT => (include_str!("shaders/matvec_t.wgsl"), "main"),
-            Kernel::Matvec => (include_str!("shaders/matvec.wgsl"), "main"),
-            Kernel::RmsNorm => (include_str!("shaders/rms_norm.wgsl"), "main"),
-            Kernel::Softmax => (include_str!("shaders/softmax.wgsl"), "main"),
-            Kernel::Argmax => (include_str!("shaders/argmax.wgsl"), "main"),
-            Kernel::Rope => (include_str!("shaders/rope.wgsl"), "main"),
-            Kernel::Add => (include_str!("shaders/elementwise.wgsl"), "add"),
-            Kernel::AddRow => (include_str!("shaders/elementwise.wgsl"), "add_row"),
-            Kernel::Swiglu => (include_str!("shaders/elementwise.wgsl"), "swiglu"),
-            Kernel::Embedding => (include_str!("shaders/embedding.wgsl"), "main"),
-            Kernel::Mix => (include_str!("shaders/mix.wgsl"), "main"),
-            Kernel::Attention => (include_str!("shaders/attention.wgsl"), "main"),
-            Kernel::Silu => (include_str!("shaders/unary.wgsl"), "silu"),
-            Kernel::CopyCols => (include_str!("shaders/unary.wgsl"), "copy_cols"),
+            Kernel::Matmul => (shader!("matmul.wgsl"), "main"),
+            Kernel::MatvecT => (shader!("matvec_t.wgsl"), "main"),
+            Kernel::Matvec => (shader!("matvec.wgsl"), "main"),
+            Kernel::RmsNorm => (shader!("rms_norm.wgsl"), "main"),
+            Kernel::Softmax => (shader!("softmax.wgsl"), "main"),
+            Kernel::Argmax => (shader!("argmax.wgsl"), "main"),
+            Kernel::Rope => (shader!("rope.wgsl"), "main"),
+            Kernel::Add => (shader!("elementwise.wgsl"), "add"),
+            Kernel::AddRow => (shader!("elementwise.wgsl"), "add_row"),
+            Kernel::Swiglu => (shader!("elementwise.wgsl"), "swiglu"),
+            Kernel::Embedding => (shader!("embedding.wgsl"), "main"),
+            Kernel::Mix => (shader!("mix.wgsl"), "main"),
+            Kernel::Attention => (shader!("attention.wgsl"), "main"),
+            Kernel::Silu => (shader!("unary.wgsl"), "silu"),
+            Kernel::CopyCols => (shader!("unary.wgsl"), "copy_cols"),
         }
     }
 }
@@ -734,6 +745,28 @@ impl Batch<'_> {
             self.dispatch(Kernel::CopyCols, &[t.buffer(), out.buffer()], &params, grid)?;
             offset += cols;
         }
+        Ok(out)
+    }
+
+    /// Rows `start..start + count` of `x [rows, cols]` (any leading shape flattened to rows)
+    /// `-> [count, cols]`: e.g. the last position of a prefill. A buffer copy, no kernel.
+    pub fn rows(&mut self, x: &GpuTensor, start: usize, count: usize) -> Result<GpuTensor> {
+        let (rows, cols) = x.rows_cols();
+        if count == 0 || start + count > rows {
+            return Err(shape_err(
+                "rows",
+                format!("rows {start}..{} of {:?}", start + count, x.shape()),
+            ));
+        }
+        let out = self.ctx.output(&[count, cols], x.dtype())?;
+        let row_bytes = cols as u64 * 4;
+        self.encoder.copy_buffer_to_buffer(
+            x.buffer(),
+            start as u64 * row_bytes,
+            out.buffer(),
+            0,
+            count as u64 * row_bytes,
+        );
         Ok(out)
     }
 

@@ -22,7 +22,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = group_id(wid, nwg);
     if (row >= p.rows) {
         return;
     }

@@ -35,7 +35,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let item = wid.y * nwg.x + wid.x;
+    let item = group_id(wid, nwg);
     if (item >= p.q_len * p.heads) {
         return;
     }

@@ -15,7 +15,7 @@ struct Params {
 const WG: u32 = 256u;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, tid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + tid;
+    return group_id(wid, nwg) * WG + tid;
 }
 
 @compute @workgroup_size(256, 1, 1)

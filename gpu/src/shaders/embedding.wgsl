@@ -20,7 +20,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let idx = (wid.y * nwg.x + wid.x) * WG + tid;
+    let idx = group_id(wid, nwg) * WG + tid;
     if (idx >= p.n_ids * p.hidden) {
         return;
     }

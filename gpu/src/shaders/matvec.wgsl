@@ -21,7 +21,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let col = (wid.y * nwg.x + wid.x) * WG + tid;
+    let col = group_id(wid, nwg) * WG + tid;
     var acc = 0.0;
     for (var base = 0u; base < p.k; base = base + WG) {
         let i = base + tid;

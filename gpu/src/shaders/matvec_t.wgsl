@@ -25,7 +25,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let group = wid.y * nwg.x + wid.x;
+    let group = group_id(wid, nwg);
     let row = group * ROWS + tid / LANES;
     let lane = tid % LANES;
     var acc = 0.0;

@@ -21,7 +21,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let e = (wid.y * nwg.x + wid.x) * WG + tid;
+    let e = group_id(wid, nwg) * WG + tid;
     if (e >= p.len) {
         return;
     }

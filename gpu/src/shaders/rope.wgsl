@@ -25,7 +25,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let idx = (wid.y * nwg.x + wid.x) * WG + tid;
+    let idx = group_id(wid, nwg) * WG + tid;
     let half = p.head_dim / 2u;
     let total = p.seq * p.heads * half;
     if (idx >= total) {
