@@ -93,7 +93,7 @@ fn random_pair() -> &'static (LoadedModel, LoadedModel) {
         let (a, b) = pair();
         let scramble = |m: &LoadedModel, seed: u64| {
             let mut cfg = m.decoder.config().clone();
-            cfg.tie_word_embeddings = seed % 2 == 0;
+            cfg.tie_word_embeddings = seed.is_multiple_of(2);
             let varmap = VarMap::new();
             let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
             let decoder = experts::model::Decoder::new(&cfg, vb).unwrap();

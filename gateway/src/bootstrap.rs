@@ -114,10 +114,13 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The pull jobs (pull name, models directory) for the models whose weights are missing
-/// and that `expert pull` knows; the rest of the missing models are returned by name.
-fn plan_pulls(models: &[(String, PathBuf)]) -> Result<(Vec<(String, PathBuf)>, Vec<String>)> {
-    let mut pulls: Vec<(String, PathBuf)> = Vec::new();
+/// One `expert pull NAME --dir DIR`.
+type PullJob = (String, PathBuf);
+
+/// The pull jobs for the models whose weights are missing and that `expert pull` knows;
+/// the rest of the missing models are returned by name.
+fn plan_pulls(models: &[(String, PathBuf)]) -> Result<(Vec<PullJob>, Vec<String>)> {
+    let mut pulls: Vec<PullJob> = Vec::new();
     let mut others = Vec::new();
     for (name, dir) in models {
         let weights = weights_dir(dir)?;
