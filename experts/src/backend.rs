@@ -261,6 +261,17 @@ pub struct FusedStep<T> {
     pub weights: Vec<f32>,
 }
 
+/// Hard routing: weight 1 on the first largest weight, 0 elsewhere.
+pub(crate) fn one_hot_argmax(w: &[f32]) -> Vec<f32> {
+    let best = w
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > w[b] { i } else { b });
+    (0..w.len())
+        .map(|i| f32::from(u8::from(i == best)))
+        .collect()
+}
+
 /// Feeds `ids` (a prompt or one token) to one fused sequence: every expert with its own
 /// caches, mixed as `mixing` says.
 pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
@@ -312,13 +323,7 @@ pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
             let mut w = ops.to_host(&rw)?;
             let refs: Vec<&B::T> = probs.iter().collect();
             if *hard {
-                let best = w
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &x)| if x > w[b] { i } else { b });
-                w = (0..w.len())
-                    .map(|i| f32::from(u8::from(i == best)))
-                    .collect();
+                w = one_hot_argmax(&w);
                 return Ok(FusedStep {
                     probs: ops.mix(&refs, &w)?,
                     weights: w,

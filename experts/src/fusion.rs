@@ -21,7 +21,7 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Mixing, fused_step};
+use crate::backend::{Mixing, fused_step, one_hot_argmax};
 use crate::error::{ExpertError, Result};
 use crate::generate::{FinishReason, Generation, Sampler, SamplingParams, StopFilter};
 use crate::loader::LoadedModel;
@@ -422,13 +422,7 @@ fn combine(fusion: &Fusion<'_>, mut outs: Vec<ExpertOut>) -> Result<StepOutput> 
             let hidden: Vec<Tensor> = outs.iter().map(|(_, h)| h.clone()).collect();
             let mut w: Vec<f32> = router.weights(&hidden)?.squeeze(0)?.to_vec1()?;
             if *hard {
-                let best = w
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &x)| if x > w[b] { i } else { b });
-                w = (0..w.len())
-                    .map(|i| f32::from(u8::from(i == best)))
-                    .collect();
+                w = one_hot_argmax(&w);
             }
             Ok(StepOutput {
                 probs: mix_probs(&outs, &w)?,
