@@ -273,13 +273,16 @@ pub(crate) fn one_hot_argmax(w: &[f32]) -> Vec<f32> {
 }
 
 /// Feeds `ids` (a prompt or one token) to one fused sequence: every expert with its own
-/// caches, mixed as `mixing` says.
+/// caches, mixed as `mixing` says. With `last_only` the distribution of the last position
+/// comes back (generation); without it, one per position of `ids` (scoring a continuation
+/// by teacher forcing), and `weights` are the last position's.
 pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
     ops: &B,
     models: &[&W],
     caches: &mut [&mut [B::LayerCache]],
     mixing: &Mixing<'_, B>,
     ids: &[u32],
+    last_only: bool,
 ) -> Result<FusedStep<B::T>> {
     if models.is_empty() || models.len() != caches.len() {
         return Err(ExpertError::InvalidRequest(format!(
@@ -290,12 +293,26 @@ pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
     }
     let input = ops.ids(ids)?;
     if let Mixing::Layer(coefficients) = mixing {
-        return layer_mixed_step(ops, models, caches, coefficients, &input, ids.len());
+        return layer_mixed_step(
+            ops,
+            models,
+            caches,
+            coefficients,
+            &input,
+            ids.len(),
+            last_only,
+        );
+    }
+    if let (Mixing::Token { hard: true, .. }, false) = (mixing, last_only) {
+        // Per-position one-hot weights would need a host-to-device upload per position.
+        return Err(ExpertError::InvalidRequest(
+            "hard btm_token routing gives one position at a time; score with soft routing".into(),
+        ));
     }
     let mut probs = Vec::with_capacity(models.len());
     let mut hidden = Vec::with_capacity(models.len());
     for (m, c) in models.iter().zip(caches.iter_mut()) {
-        let out = forward(ops, *m, &input, ids.len(), Some(&mut **c), true, true)?;
+        let out = forward(ops, *m, &input, ids.len(), Some(&mut **c), last_only, true)?;
         probs.push(ops.softmax(&out.logits)?);
         let normed = out
             .hidden_states
@@ -319,8 +336,13 @@ pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
         Mixing::Token { router, hard } => {
             let h: Vec<&B::T> = hidden.iter().collect();
             let rw = router_weights(ops, router, &h)?;
-            // The weights are reported with every token: E floats come back either way.
+            // The weights are reported with every token: E floats come back either way
+            // (the last position's when every position was asked for).
             let mut w = ops.to_host(&rw)?;
+            let e = models.len();
+            if w.len() > e {
+                w = w.split_off(w.len() - e);
+            }
             let refs: Vec<&B::T> = probs.iter().collect();
             if *hard {
                 w = one_hot_argmax(&w);
@@ -349,6 +371,7 @@ fn layer_mixed_step<B: Ops, W: Weights<B> + ?Sized>(
     coefficients: &[Vec<f32>],
     input: &B::T,
     seq: usize,
+    last_only: bool,
 ) -> Result<FusedStep<B::T>> {
     let layers = models[0].config().num_hidden_layers;
     if coefficients.len() != layers + 1 || coefficients.iter().any(|r| r.len() != models.len()) {
@@ -373,7 +396,7 @@ fn layer_mixed_step<B: Ops, W: Weights<B> + ?Sized>(
         }
         h = ops.mix(&outs.iter().collect::<Vec<_>>(), &coefficients[l + 1])?;
     }
-    let last = ops.last_position(&h)?;
+    let last = if last_only { ops.last_position(&h)? } else { h };
     let row = &coefficients[layers];
     let mut terms = Vec::new();
     let mut weights = Vec::new();

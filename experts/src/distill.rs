@@ -44,6 +44,10 @@ pub struct DistillOptions {
     /// Weight of reverse KL in the loss (0 = forward KL only).
     pub reverse_kl: f64,
     pub seed: u64,
+    /// Train a LoRA adapter of this rank on the first expert instead of all its weights;
+    /// the output is then an adapter directory (PEFT layout) over the first expert.
+    #[serde(default)]
+    pub lora_rank: Option<usize>,
 }
 
 impl Default for DistillOptions {
@@ -57,6 +61,7 @@ impl Default for DistillOptions {
             lr: 1e-3,
             reverse_kl: 0.0,
             seed: 7,
+            lora_rank: None,
         }
     }
 }
@@ -147,8 +152,18 @@ fn is_complete(dir: &Path, opts: &DistillOptions) -> bool {
         .is_some_and(|r| &r.options == opts)
 }
 
-/// Distils `btm_token(experts, router)` into one model written to `out` (HF layout, plus
-/// `distill.json`). Returns the record; an existing complete `out` is kept unless `force`.
+/// What the student trains: all of its weights, or a LoRA adapter over the first expert.
+enum Student {
+    Full(VarMap),
+    Lora {
+        config: crate::lora::AdapterConfig,
+        vars: Vec<(String, candle_core::Var)>,
+    },
+}
+
+/// Distils `btm_token(experts, router)` into one model written to `out` (HF layout, or with
+/// `lora_rank` a LoRA adapter directory over the first expert; plus `distill.json`).
+/// Returns the record; an existing complete `out` is kept unless `force`.
 pub fn distill(
     experts: &[&LoadedModel],
     router: &TokenRouter,
@@ -185,17 +200,48 @@ pub fn distill(
         )));
     }
 
-    // The student: the foundation's layout and weights.
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let student = Decoder::new(first.decoder.config(), vb)?;
-    let weights = first.dir.join("model.safetensors");
-    let mut varmap = varmap;
-    varmap
-        .load(&weights)
-        .map_err(|e| ExpertError::model(&weights, format!("cannot initialise the student: {e}")))?;
+    // The student: the foundation's layout and weights, all trained or under an adapter.
+    let (student, trained) = match opts.lora_rank {
+        None => {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let student = Decoder::new(first.decoder.config(), vb)?;
+            let weights = first.dir.join("model.safetensors");
+            let mut varmap = varmap;
+            varmap.load(&weights).map_err(|e| {
+                ExpertError::model(&weights, format!("cannot initialise the student: {e}"))
+            })?;
+            (student, Student::Full(varmap))
+        }
+        Some(rank) => {
+            if crate::lora::is_adapter_dir(&first.dir) {
+                return Err(ExpertError::model(
+                    &first.dir,
+                    "a LoRA student needs a model directory as the first expert, not an adapter",
+                ));
+            }
+            let base =
+                std::fs::canonicalize(&first.dir).map_err(|e| ExpertError::io(&first.dir, e))?;
+            let parent = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent).map_err(|e| ExpertError::io(parent, e))?;
+            let out_abs = std::fs::canonicalize(parent)
+                .map_err(|e| ExpertError::io(parent, e))?
+                .join(out.file_name().unwrap_or_default());
+            let config = crate::lora::config_for(rank, &crate::lora::relative_ref(&base, &out_abs));
+            let mut student = crate::loader::load_model(&first.dir, DType::F32, &device)?.decoder;
+            let vars = crate::lora::attach(&mut student, &config, opts.seed)?;
+            (student, Student::Lora { config, vars })
+        }
+    };
+    let params = match &trained {
+        Student::Full(varmap) => varmap.all_vars(),
+        Student::Lora { vars, .. } => vars.iter().map(|(_, v)| v.clone()).collect(),
+    };
     let mut opt = AdamW::new(
-        varmap.all_vars(),
+        params,
         ParamsAdamW {
             lr: opts.lr,
             weight_decay: 0.0,
@@ -257,18 +303,23 @@ pub fn distill(
         std::fs::remove_dir_all(&tmp).map_err(|e| ExpertError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| ExpertError::io(&tmp, e))?;
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        let src = first.dir.join(f);
-        if src.exists() {
-            std::fs::copy(&src, tmp.join(f)).map_err(|e| ExpertError::io(&src, e))?;
+    match &trained {
+        Student::Full(varmap) => {
+            for f in [
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ] {
+                let src = first.dir.join(f);
+                if src.exists() {
+                    std::fs::copy(&src, tmp.join(f)).map_err(|e| ExpertError::io(&src, e))?;
+                }
+            }
+            varmap.save(tmp.join("model.safetensors"))?;
         }
+        Student::Lora { config, vars } => crate::lora::write_adapter(&tmp, config, vars)?,
     }
-    varmap.save(tmp.join("model.safetensors"))?;
     write_json(&tmp.join("distill.json"), &record)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| ExpertError::io(out, e))?;

@@ -343,8 +343,10 @@ fn mean_coefficients(weights: &[Vec<f32>], experts: usize) -> Vec<f32> {
         .collect()
 }
 
-/// State of one fused sequence: its fusion mode and the caches of its experts.
-#[derive(Debug)]
+/// State of one fused sequence: its fusion mode and the caches of its experts. A clone
+/// shares the positions seen so far (the caches' tensors are reference-counted) and goes on
+/// independently: a prompt prefilled once can be continued several ways.
+#[derive(Debug, Clone)]
 pub struct FusedSequence<'a> {
     fusion: Fusion<'a>,
     caches: Vec<KvCache>,
@@ -365,6 +367,28 @@ impl<'a> FusedSequence<'a> {
     /// next-token distribution with the mixing weights. This is the generic fusion step of
     /// [`crate::backend`] on the candle device, the one the wgpu device runs too.
     pub fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        let out = self.run(ids, true)?;
+        Ok(StepOutput {
+            probs: out.probs.flatten_all()?.to_dtype(DType::F32)?,
+            weights: out.weights,
+        })
+    }
+
+    /// Feeds `ids` and returns the fused next-token distribution after every one of them,
+    /// `[ids.len(), vocab]` (teacher forcing: what [`score_continuations`] reads).
+    pub fn step_positions(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let out = self.run(ids, false)?;
+        let vocab = out.probs.dim(candle_core::D::Minus1)?;
+        Ok(out
+            .probs
+            .reshape((ids.len(), vocab))?
+            .to_dtype(DType::F32)?)
+    }
+
+    fn run(&mut self, ids: &[u32], last_only: bool) -> Result<crate::backend::FusedStep<Tensor>> {
+        if ids.is_empty() {
+            return Err(ExpertError::InvalidRequest("no tokens to feed".into()));
+        }
         let decoders: Vec<&crate::model::Decoder> =
             self.fusion.models().iter().map(|m| &m.decoder).collect();
         let ops = decoders
@@ -390,12 +414,72 @@ impl<'a> FusedSequence<'a> {
             }
         };
         let mut caches: Vec<_> = self.caches.iter_mut().map(KvCache::layers_mut).collect();
-        let out = fused_step(&ops, &decoders, &mut caches, &mixing, ids)?;
-        Ok(StepOutput {
-            probs: out.probs.flatten_all()?.to_dtype(DType::F32)?,
-            weights: out.weights,
-        })
+        fused_step(&ops, &decoders, &mut caches, &mixing, ids, last_only)
     }
+}
+
+/// The fused log-probability of every token of each continuation after `prompt`, by teacher
+/// forcing: the prompt is fed once, and each continuation goes on from a copy of its caches.
+/// The distributions are those generation samples from (the same fusion step), so the
+/// scores rank continuations as the fused model would. Hard `btm_token` routing is refused
+/// (it is defined one position at a time).
+pub fn score_continuations(
+    fusion: &Fusion<'_>,
+    prompt: &[u32],
+    continuations: &[Vec<u32>],
+) -> Result<Vec<Vec<f32>>> {
+    if prompt.is_empty() {
+        return Err(ExpertError::InvalidRequest(
+            "the prompt has no tokens".into(),
+        ));
+    }
+    if let Some(i) = continuations.iter().position(Vec::is_empty) {
+        return Err(ExpertError::InvalidRequest(format!(
+            "continuation {i} has no tokens"
+        )));
+    }
+    let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+    let ctx = fusion
+        .models()
+        .iter()
+        .map(|m| m.decoder.config().max_position_embeddings)
+        .min()
+        .unwrap_or(0);
+    if prompt.len() + longest - 1 > ctx {
+        return Err(ExpertError::InvalidRequest(format!(
+            "the prompt ({} tokens) and the longest continuation ({longest}) need {} positions; \
+             the model's context is {ctx}",
+            prompt.len(),
+            prompt.len() + longest - 1
+        )));
+    }
+    let mut seq = FusedSequence::new(fusion.clone())?;
+    let after_prompt = seq.step_positions(prompt)?;
+    let first = after_prompt.get(prompt.len() - 1)?;
+    continuations
+        .iter()
+        .map(|c| {
+            let mut rows = vec![first.clone()];
+            if c.len() > 1 {
+                let mut branch = seq.clone();
+                let probs = branch.step_positions(&c[..c.len() - 1])?;
+                rows.extend(
+                    (0..c.len() - 1)
+                        .map(|i| probs.get(i))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                );
+            }
+            let probs = Tensor::stack(&rows, 0)?;
+            let device = probs.device().clone();
+            let targets = Tensor::from_slice(c, (c.len(), 1), &device)?;
+            // A mixture's probability can underflow to 0 far in the tail.
+            let p = probs
+                .gather(&targets, 1)?
+                .squeeze(1)?
+                .clamp(f32::MIN_POSITIVE, 1.0)?;
+            Ok(p.log()?.to_vec1::<f32>()?)
+        })
+        .collect()
 }
 
 /// Turns the experts' outputs for one sequence into its fused step output.

@@ -317,10 +317,47 @@ pub(crate) fn frozen_linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `target` relative to the directory `from` (both absolute), as an adapter config records
+/// its base (`base_model_name_or_path`).
+pub fn relative_ref(target: &Path, from: &Path) -> String {
+    let t: Vec<_> = target.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out.to_string_lossy().into_owned()
+}
+
+/// A LoRA config of rank `r` (alpha 2r) on every projection of [`TARGETS`], its base at
+/// `base_ref` (relative to the adapter directory).
+pub fn config_for(r: usize, base_ref: &str) -> AdapterConfig {
+    AdapterConfig {
+        peft_type: "LORA".into(),
+        r,
+        lora_alpha: 2.0 * r as f64,
+        target_modules: TARGETS.iter().map(|t| (*t).to_string()).collect(),
+        base_model_name_or_path: base_ref.into(),
+        lora_dropout: 0.0,
+        bias: bias_none(),
+        fan_in_fan_out: false,
+        use_rslora: false,
+        task_type: Some("CAUSAL_LM".into()),
+    }
+}
+
 /// Replaces each targeted dense projection of `decoder` by a LoRA projection with fresh
 /// variables: `A` uniform in ±1/√in (seeded), `B` zero, so training starts at the base
 /// model. Returns the variables by tensor name.
-fn attach(decoder: &mut Decoder, cfg: &AdapterConfig, seed: u64) -> Result<Vec<(String, Var)>> {
+pub(crate) fn attach(
+    decoder: &mut Decoder,
+    cfg: &AdapterConfig,
+    seed: u64,
+) -> Result<Vec<(String, Var)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let device = decoder.device().clone();
     let scale = cfg.scale();
@@ -483,7 +520,7 @@ fn batch_loss(decoder: &Decoder, batch: &[&Tokenized], pad: u32) -> Result<(Tens
     Ok((candle_nn::loss::cross_entropy(&logits, &targets)?, n))
 }
 
-fn write_adapter(dir: &Path, cfg: &AdapterConfig, vars: &[(String, Var)]) -> Result<()> {
+pub(crate) fn write_adapter(dir: &Path, cfg: &AdapterConfig, vars: &[(String, Var)]) -> Result<()> {
     let tensors: HashMap<String, Tensor> = vars
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))

@@ -159,6 +159,24 @@ impl Proj {
         }
     }
 
+    /// Bytes of weights this projection reads per forward (bias included).
+    fn bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Self::Dense(l) | Self::Frozen(l) => dense(l.weight()) + l.bias().map_or(0, dense),
+            Self::Quantized { weight, bias } => {
+                let w = match weight {
+                    QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => dense(t),
+                };
+                w + bias.as_ref().map_or(0, dense)
+            }
+            Self::Lora { base, a, b, .. } => {
+                dense(base.weight()) + base.bias().map_or(0, dense) + dense(a) + dense(b)
+            }
+        }
+    }
+
     /// Requantizes a dense projection; one whose input width is not a multiple of the
     /// block size stays dense. Returns whether it was quantized.
     fn quantize(&mut self, ggml: GgmlDType) -> Result<bool> {
@@ -623,6 +641,34 @@ impl Decoder {
     /// The LM head's projection.
     pub(crate) fn lm_head_mut(&mut self) -> &mut Proj {
         &mut self.lm_head
+    }
+
+    /// Bytes of weights one decode step reads from memory whatever the batch: every
+    /// projection and the LM head, in the format they are held in (the embedding lookup
+    /// reads one row per token and the norms are tiny, so neither is counted). Decode
+    /// tokens/s × this ÷ the machine's read bandwidth is the fraction of the memory-bound
+    /// limit a batch-1 decode reaches.
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+                .iter()
+                .map(|p| p.bytes())
+                .sum::<usize>()
+            })
+            .sum();
+        layers + self.lm_head.bytes()
     }
 
     /// How the projections are held.

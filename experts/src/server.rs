@@ -29,15 +29,16 @@ use candle_core::{DType, Device};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use protocol::{
-    ErrorBody, FinalRecord, FusionMode, GenerateRequest, GenerateResponse, ModelCard, ModelList,
+    ContinuationScore, Cost, ErrorBody, FinalRecord, FusionMode, GenerateRequest, GenerateResponse,
+    MAX_SCORE_CONTINUATIONS, ModelCard, ModelList, ScoreRequest, ScoreResponse,
 };
-use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chat::ChatMessage;
 use crate::engine::{self, Event, Job, ValidRequest, build_fusion};
 use crate::error::{ExpertError, Result};
-use crate::fusion::{Decoding, LayerMixer, TokenRouter};
+use crate::fusion::{Decoding, Fusion, LayerMixer, TokenRouter, score_continuations};
 use crate::generate::SamplingParams;
 use crate::loader::{LoadedModel, load_model_as};
 use crate::serve_config::ServeConfig;
@@ -220,6 +221,7 @@ pub fn router(state: Arc<ExpertState>) -> Router {
         .route("/health", get(health))
         .route("/v1/models", get(list_models))
         .route("/v1/generate", post(generate_handler))
+        .route("/v1/score", post(score_handler))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -278,30 +280,50 @@ async fn metrics_handler(State(s): State<Arc<ExpertState>>) -> Response {
 
 /// Checks a request against what this process serves; every 4xx is decided here, before
 /// the request is queued.
-fn validate(s: &Registry, req: GenerateRequest) -> std::result::Result<ValidRequest, ApiError> {
-    if req.mode.models().is_empty() {
+/// The mode bound to this process's models, checked.
+fn bind<'a>(s: &'a Registry, mode: &FusionMode) -> std::result::Result<Fusion<'a>, ApiError> {
+    if mode.models().is_empty() {
         return Err(ApiError::bad_request("the mode names no models"));
     }
-    if let Some(n) = req
-        .mode
-        .models()
-        .iter()
-        .find(|n| !s.models.contains_key(**n))
-    {
+    if let Some(n) = mode.models().iter().find(|n| !s.models.contains_key(**n)) {
         return Err(ApiError::bad_request(format!(
             "model {n:?} is not served here (available: {:?})",
             s.models.keys().collect::<Vec<_>>()
         )));
     }
-    let fusion = build_fusion(s, &req.mode)?;
+    let fusion = build_fusion(s, mode)?;
     fusion.validate()?;
+    Ok(fusion)
+}
+
+fn validate(s: &Registry, req: GenerateRequest) -> std::result::Result<ValidRequest, ApiError> {
+    let fusion = bind(s, &req.mode)?;
     let first = fusion.models()[0];
-    let text = match (&req.prompt, &req.messages) {
+    let text = prompt_text(first, req.prompt.as_deref(), req.messages.as_deref())?;
+    let prompt_ids = first.tokenizer.encode(&text)?;
+    let params = SamplingParams::from(&req.sampling);
+    Decoding::new(&fusion, &prompt_ids, &params)?;
+    Ok(ValidRequest {
+        mode: req.mode,
+        prompt_ids,
+        params,
+        weights: req.return_routing_weights,
+    })
+}
+
+/// The text a request's `prompt` or `messages` (through `model`'s chat template, an
+/// assistant turn opened) stands for.
+fn prompt_text(
+    first: &LoadedModel,
+    prompt: Option<&str>,
+    messages: Option<&[protocol::ChatMessage]>,
+) -> std::result::Result<String, ApiError> {
+    Ok(match (prompt, messages) {
         (Some(p), None) => {
             if p.is_empty() {
                 return Err(ApiError::bad_request("the prompt is empty"));
             }
-            p.clone()
+            p.to_string()
         }
         (None, Some(msgs)) => {
             if msgs.is_empty() || msgs.iter().all(|m| m.content.trim().is_empty()) {
@@ -328,15 +350,97 @@ fn validate(s: &Registry, req: GenerateRequest) -> std::result::Result<ValidRequ
                 "give exactly one of `prompt` and `messages`",
             ));
         }
-    };
+    })
+}
+
+/// `POST /v1/score`: runs beside the batching engine on a blocking thread, admitted through
+/// the same queue (a full queue answers 503).
+async fn score_handler(
+    State(s): State<Arc<ExpertState>>,
+    ApiJson(req): ApiJson<ScoreRequest>,
+) -> std::result::Result<Json<ScoreResponse>, ApiError> {
+    s.registry.check_device()?;
+    #[cfg(feature = "wgpu")]
+    if s.registry.gpu.is_some() {
+        return Err(ApiError::bad_request(
+            "scoring runs on the candle devices; this process serves its models on wgpu",
+        ));
+    }
+    let n = req.continuations.len();
+    if n == 0 || n > MAX_SCORE_CONTINUATIONS {
+        return Err(ApiError::bad_request(format!(
+            "give 1 to {MAX_SCORE_CONTINUATIONS} continuations (got {n})"
+        )));
+    }
+    if let Some(i) = req.continuations.iter().position(String::is_empty) {
+        return Err(ApiError::bad_request(format!("continuation {i} is empty")));
+    }
+    let permit = admit(&s)?;
+    metrics::counter!("expert_score_requests_total", "mode" => req.mode.name()).increment(1);
+    let registry = s.registry.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        score(&registry, &req)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("scoring failed: {e}")))??;
+    Ok(Json(out))
+}
+
+fn score(s: &Registry, req: &ScoreRequest) -> std::result::Result<ScoreResponse, ApiError> {
+    let fusion = bind(s, &req.mode)?;
+    let first = fusion.models()[0];
+    let text = prompt_text(first, req.prompt.as_deref(), req.messages.as_deref())?;
     let prompt_ids = first.tokenizer.encode(&text)?;
-    let params = SamplingParams::from(&req.sampling);
-    Decoding::new(&fusion, &prompt_ids, &params)?;
-    Ok(ValidRequest {
-        mode: req.mode,
-        prompt_ids,
-        params,
-        weights: req.return_routing_weights,
+    // After a chat prompt the continuation is the whole assistant turn: its end counts.
+    let end_of_turn = req
+        .messages
+        .is_some()
+        .then(|| first.eos_token_ids.first().copied())
+        .flatten();
+    let continuations: Vec<Vec<u32>> = req
+        .continuations
+        .iter()
+        .map(|c| {
+            let mut ids = first.tokenizer.encode(c)?;
+            ids.extend(end_of_turn);
+            Ok(ids)
+        })
+        .collect::<Result<_>>()?;
+    let logprobs = score_continuations(&fusion, &prompt_ids, &continuations)?;
+    let fed = prompt_ids.len() + continuations.iter().map(|c| c.len() - 1).sum::<usize>();
+    Ok(ScoreResponse {
+        scores: logprobs
+            .iter()
+            .map(|lp| {
+                let logprob: f64 = lp.iter().map(|&x| f64::from(x)).sum();
+                ContinuationScore {
+                    logprob,
+                    tokens: lp.len(),
+                    mean_nll: -logprob / lp.len() as f64,
+                }
+            })
+            .collect(),
+        prompt_tokens: prompt_ids.len(),
+        cost: Cost {
+            forwards_per_token: fusion.cost(),
+            total_token_forwards: (fed as f32 * fusion.cost()) as u64,
+        },
+    })
+}
+
+/// A queue place, or 503 at once when the queue is full.
+fn admit(s: &ExpertState) -> std::result::Result<OwnedSemaphorePermit, ApiError> {
+    s.queue.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("expert_rejected_total").increment(1);
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: ErrorBody::new(
+                "the expert queue is full; retry shortly",
+                "overloaded_error",
+                "queue_full",
+            ),
+        }
     })
 }
 
@@ -348,17 +452,7 @@ fn submit(
     arrived: Instant,
 ) -> std::result::Result<UnboundedReceiver<Event>, ApiError> {
     s.registry.check_device()?;
-    let Ok(permit) = s.queue.clone().try_acquire_owned() else {
-        metrics::counter!("expert_rejected_total").increment(1);
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            body: ErrorBody::new(
-                "the expert queue is full; retry shortly",
-                "overloaded_error",
-                "queue_full",
-            ),
-        });
-    };
+    let permit = admit(s)?;
     metrics::counter!("expert_requests_total", "mode" => request.mode.name()).increment(1);
     let (events, rx) = mpsc::unbounded_channel();
     s.jobs

@@ -479,7 +479,7 @@ impl<'m> WgpuSequence<'m> {
         };
         let mut caches: Vec<&mut [KvCache]> =
             self.caches.iter_mut().map(Vec::as_mut_slice).collect();
-        let step = fused_step(&ops, &self.models, &mut caches, &mixing, ids)?;
+        let step = fused_step(&ops, &self.models, &mut caches, &mixing, ids, true)?;
         finish(ops, step)
     }
 

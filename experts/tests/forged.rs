@@ -522,6 +522,125 @@ mod fusion {
         );
     }
 
+    /// Scoring by teacher forcing (`score_continuations`, what `POST /v1/score` runs) gives,
+    /// in every mode, the log-probabilities that generation's one-token-at-a-time step
+    /// gives the same tokens; for one model, those of a plain batched forward too.
+    #[test]
+    fn teacher_forced_scores_equal_the_stepwise_distributions() {
+        use candle_core::{D, Tensor};
+        use experts::fusion::{FusedSequence, new_router_vars, score_continuations};
+        use experts::model::Path as NumPath;
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let cfg = RouterConfig {
+            kind: "btm_token".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: a.decoder.config().hidden_size,
+            router_hidden: 8,
+        };
+        let varmap = candle_nn::VarMap::new();
+        let router = new_router_vars(&cfg, &varmap, &Device::Cpu).unwrap();
+        let layers = a.decoder.config().num_hidden_layers;
+        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+        let mixer = LayerMixer::constant(&[0.6, 0.4], layers, names, &Device::Cpu).unwrap();
+        let prompt = &prompts(&a)[0];
+        let eos = a.eos_token_ids[0];
+        let continuations: Vec<Vec<u32>> = [
+            "Open the settings and choose reset password.",
+            "The answer is 42.",
+            "x",
+        ]
+        .iter()
+        .map(|c| {
+            let mut ids = a.tokenizer.encode(c).unwrap();
+            ids.push(eos);
+            ids
+        })
+        .collect();
+        let modes = [
+            Fusion::Single(&a),
+            Fusion::Ensemble {
+                models: models.to_vec(),
+                weights: vec![0.7, 0.3],
+            },
+            Fusion::BtmToken {
+                models: models.to_vec(),
+                router: &router,
+                hard: false,
+            },
+            Fusion::BtmLayer {
+                models: models.to_vec(),
+                mixer: &mixer,
+            },
+        ];
+        for fusion in &modes {
+            let scored = score_continuations(fusion, prompt, &continuations).unwrap();
+            for (c, lp) in continuations.iter().zip(&scored) {
+                assert_eq!(lp.len(), c.len());
+                let mut seq = FusedSequence::new(fusion.clone()).unwrap();
+                let mut probs = seq.step(prompt).unwrap().probs;
+                for (i, &t) in c.iter().enumerate() {
+                    let p: f32 = probs.get(t as usize).unwrap().to_scalar().unwrap();
+                    assert!(
+                        (p.ln() - lp[i]).abs() < 1e-4,
+                        "{fusion:?} position {i}: step {} vs teacher-forced {}",
+                        p.ln(),
+                        lp[i]
+                    );
+                    if i + 1 < c.len() {
+                        probs = seq.step(&[t]).unwrap().probs;
+                    }
+                }
+            }
+        }
+        // One model: the plain batched forward over prompt + continuation agrees.
+        let single = score_continuations(&Fusion::Single(&a), prompt, &continuations).unwrap();
+        for (c, lp) in continuations.iter().zip(&single) {
+            let ids: Vec<u32> = prompt.iter().chain(c).copied().collect();
+            let input = Tensor::new(&ids[..ids.len() - 1], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = a
+                .decoder
+                .forward(&input, None, false, false, NumPath::Fused)
+                .unwrap()
+                .logits
+                .squeeze(0)
+                .unwrap();
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+            for (i, &t) in c.iter().enumerate() {
+                let want: f32 = logp
+                    .get(prompt.len() - 1 + i)
+                    .unwrap()
+                    .get(t as usize)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(
+                    (want - lp[i]).abs() < 1e-4,
+                    "position {i}: {want} vs {}",
+                    lp[i]
+                );
+            }
+        }
+
+        // Bad input: an empty continuation or prompt, more positions than the context,
+        // hard routing (defined one position at a time).
+        let e = |r: experts::error::Result<Vec<Vec<f32>>>| r.unwrap_err().to_string();
+        assert!(e(score_continuations(&modes[0], prompt, &[vec![]])).contains("continuation 0"));
+        assert!(e(score_continuations(&modes[0], &[], &continuations)).contains("prompt"));
+        let ctx = a.decoder.config().max_position_embeddings;
+        let long = vec![vec![eos; ctx]];
+        assert!(e(score_continuations(&modes[0], prompt, &long)).contains("context"));
+        let hard = Fusion::BtmToken {
+            models: models.to_vec(),
+            router: &router,
+            hard: true,
+        };
+        assert!(e(score_continuations(&hard, prompt, &continuations)).contains("soft"));
+    }
+
     /// Continuous batching: sequences of every mode, with different prompts, joining at
     /// different steps and leaving when they end, decode together through `step_batch`
     /// and produce exactly what each produces alone.

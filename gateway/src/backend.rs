@@ -11,7 +11,10 @@ use axum::body::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use protocol::{ErrorBody, FinalRecord, GenerateRequest, GenerateResponse, ModelList, TokenEvent};
+use protocol::{
+    ErrorBody, FinalRecord, GenerateRequest, GenerateResponse, ModelList, ScoreRequest,
+    ScoreResponse, TokenEvent,
+};
 
 use crate::error::{GatewayError, Result};
 
@@ -39,6 +42,32 @@ pub trait ExpertBackend: Send + Sync + std::fmt::Debug {
 
     /// The models it hosts.
     fn models(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    /// The log-likelihood of continuations under a fusion mode (`POST /v1/score`).
+    fn score(&self, request: ScoreRequest) -> BoxFuture<'_, Result<ScoreResponse>> {
+        let _ = request;
+        let name = self.name();
+        Box::pin(async move {
+            Err(GatewayError::BadRequest(format!(
+                "the expert backend {name} cannot score continuations"
+            )))
+        })
+    }
+}
+
+/// An expert's error answer as the gateway's error: its message, a client error as
+/// `BadRequest`, anything else as `Upstream` (so the dispatcher tries another backend).
+async fn refusal(base: &str, response: reqwest::Response) -> GatewayError {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|b| b.error.message)
+        .unwrap_or(text);
+    if status.is_client_error() {
+        GatewayError::BadRequest(format!("the expert refused the request: {message}"))
+    } else {
+        GatewayError::Upstream(format!("{base} answered {status}: {message}"))
+    }
 }
 
 /// An expert process reached over HTTP.
@@ -76,17 +105,8 @@ impl HttpExpert {
             .send()
             .await
             .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error.message)
-                .unwrap_or(text);
-            return Err(if status.is_client_error() {
-                GatewayError::BadRequest(format!("the expert refused the request: {message}"))
-            } else {
-                GatewayError::Upstream(format!("{} answered {status}: {message}", self.base))
-            });
+        if !response.status().is_success() {
+            return Err(refusal(&self.base, response).await);
         }
         if !streamed {
             let answer: GenerateResponse = response
@@ -127,6 +147,25 @@ impl ExpertBackend for HttpExpert {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
+        })
+    }
+
+    fn score(&self, request: ScoreRequest) -> BoxFuture<'_, Result<ScoreResponse>> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .post(format!("{}/v1/score", self.base))
+                .json(&request)
+                .send()
+                .await
+                .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))?;
+            if !response.status().is_success() {
+                return Err(refusal(&self.base, response).await);
+            }
+            response
+                .json()
+                .await
+                .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))
         })
     }
 

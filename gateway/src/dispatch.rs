@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use protocol::GenerateRequest;
+use protocol::{GenerateRequest, ScoreRequest, ScoreResponse};
 
 use crate::backend::{EventStream, ExpertBackend};
 use crate::error::{GatewayError, Result};
@@ -130,30 +130,54 @@ impl Dispatcher {
     /// Starts a generation on the best backend; the returned stream holds the backend's
     /// load until it ends or is dropped.
     pub async fn generate(&self, request: GenerateRequest) -> Result<EventStream> {
-        let models: Vec<String> = request
-            .mode
-            .models()
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
-        let needed: Vec<&str> = models.iter().map(String::as_str).collect();
+        let models = request.mode.models();
+        self.on_best(&models, |slot, guard| {
+            let request = request.clone();
+            async move {
+                let stream = slot.backend.generate(request).await?;
+                Ok(stream
+                    .map(move |event| {
+                        let _held = &guard;
+                        event
+                    })
+                    .boxed())
+            }
+        })
+        .await
+    }
+
+    /// Scores continuations on the best backend hosting the mode's models.
+    pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse> {
+        let models = request.mode.models();
+        self.on_best(&models, |slot, guard| {
+            let request = request.clone();
+            async move {
+                let out = slot.backend.score(request).await;
+                drop(guard);
+                out
+            }
+        })
+        .await
+    }
+
+    /// Runs `call` on the least-loaded healthy backend hosting `models`, counted in its
+    /// load while the guard lives. A backend that fails upstream is marked unhealthy and
+    /// the next one is tried; any other error is the answer.
+    async fn on_best<T, F, Fut>(&self, models: &[&str], mut call: F) -> Result<T>
+    where
+        F: FnMut(Arc<Slot>, LoadGuard) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut last_error = None;
         // Each failed backend is marked unhealthy, so every try picks another one.
         for _ in 0..self.slots.len().max(1) {
-            let Some(slot) = self.pick(&needed) else {
+            let Some(slot) = self.pick(models) else {
                 break;
             };
             slot.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = LoadGuard(Arc::clone(&slot));
-            match slot.backend.generate(request.clone()).await {
-                Ok(stream) => {
-                    return Ok(stream
-                        .map(move |event| {
-                            let _held = &guard;
-                            event
-                        })
-                        .boxed());
-                }
+            match call(Arc::clone(&slot), guard).await {
+                Ok(out) => return Ok(out),
                 Err(e @ GatewayError::Upstream(_)) => {
                     tracing::warn!(backend = %slot.backend.name(), error = %e, "expert failed; trying another");
                     slot.healthy.store(false, Ordering::Release);

@@ -16,13 +16,16 @@
 //! Per item, [`protocol::quality::score`] of the greedy answer against `reference`: exact
 //! match of the final answer when the reference states one ("The answer is N" / "答案是N",
 //! reasoning), token-level F1 otherwise (procedures). Multiple-choice items are scored by
-//! *generate-then-match*: the choice with the highest token F1 against the answer is the
-//! model's pick, scored 1 when it is `answer`. (Log-likelihood scoring needs a scoring
-//! endpoint the expert process does not offer.) Quality per category is the mean over that
-//! category's items; overall is the mean over all items.
+//! log-likelihood by default ([`ChoiceScoring::Likelihood`]): the expert process scores
+//! every choice as the assistant's answer under the strategy's fusion mode
+//! (`POST /v1/score`), and the choice with the lowest mean NLL per token is the pick;
+//! with [`ChoiceScoring::Generate`] the strategy answers and the choice with the highest
+//! token F1 against the answer is the pick. Either way an item scores 1 when the pick is
+//! `answer`. Quality per category is the mean over that category's items; overall is the
+//! mean over all items.
 //!
 //! # Cost
-//! Model forwards per generated token, read from each answer's final record
+//! Model forwards per token, read from each answer's final record or score
 //! ([`protocol::Cost::forwards_per_token`]: 1 for one expert, 2 for two fused experts),
 //! averaged over the items.
 
@@ -33,7 +36,7 @@ use std::time::Instant;
 
 use classifier::{Classification, Classifier, ClassifierKind};
 use futures_util::StreamExt;
-use protocol::{ChatMessage, FinalRecord, FusionMode, GenerateRequest, Sampling};
+use protocol::{ChatMessage, FinalRecord, FusionMode, GenerateRequest, Sampling, ScoreRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::api::RoutingInfo;
@@ -99,6 +102,32 @@ pub struct InferenceOptions {
     pub max_tokens: usize,
     /// 0 is greedy.
     pub temperature: f64,
+    /// How multiple-choice eval items are scored.
+    pub choices: ChoiceScoring,
+}
+
+/// How an eval run scores multiple-choice items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChoiceScoring {
+    /// The choice the strategy's fusion mode gives the lowest mean NLL per token, as the
+    /// whole answer (the expert's `POST /v1/score`); nothing is generated.
+    #[default]
+    Likelihood,
+    /// The strategy answers; the choice with the highest token F1 against it is the pick.
+    Generate,
+}
+
+impl std::str::FromStr for ChoiceScoring {
+    type Err = GatewayError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "likelihood" => Ok(Self::Likelihood),
+            "generate" => Ok(Self::Generate),
+            other => Err(GatewayError::BadRequest(format!(
+                "unknown choice scoring {other:?}; expected likelihood or generate"
+            ))),
+        }
+    }
 }
 
 /// One answered prompt.
@@ -479,12 +508,31 @@ impl Session {
             if !matches!(mode, FusionMode::Single { .. }) {
                 fused += 1;
             }
-            let (text, record) = self.generate(mode, &item.prompt, false, |_| {}).await?;
-            scores.push((item.label, item.score(&text)));
-            per_item.push((item.score(&text), f64::from(record.cost.forwards_per_token)));
-            cost += f64::from(record.cost.forwards_per_token);
-            tokens += record.usage.completion_tokens;
-            forwards += record.cost.total_token_forwards;
+            let (score, record) = match (&item.choices, self.options.choices) {
+                (Some(choices), ChoiceScoring::Likelihood) => {
+                    let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
+                    let score = f64::from(u8::from(Some(pick) == item.answer));
+                    (
+                        score,
+                        (spent.forwards_per_token, 0, spent.total_token_forwards),
+                    )
+                }
+                _ => {
+                    let (text, r) = self.generate(mode, &item.prompt, false, |_| {}).await?;
+                    let spent = (
+                        r.cost.forwards_per_token,
+                        r.usage.completion_tokens,
+                        r.cost.total_token_forwards,
+                    );
+                    (item.score(&text), spent)
+                }
+            };
+            let (forwards_per_token, completion_tokens, token_forwards) = record;
+            scores.push((item.label, score));
+            per_item.push((score, f64::from(forwards_per_token)));
+            cost += f64::from(forwards_per_token);
+            tokens += completion_tokens;
+            forwards += token_forwards;
         }
         let n = items.len();
         let mean = |v: &mut dyn Iterator<Item = f64>| {
@@ -513,6 +561,43 @@ impl Session {
             total_token_forwards: forwards,
             per_item,
         })
+    }
+
+    /// The choice `mode` finds likeliest as the whole answer to `prompt` (lowest mean NLL
+    /// per token, the first on ties), and what scoring them cost.
+    pub async fn pick_choice(
+        &self,
+        mode: FusionMode,
+        prompt: &str,
+        choices: &[String],
+    ) -> Result<(usize, protocol::Cost)> {
+        let response = self
+            .dispatcher
+            .score(ScoreRequest {
+                mode,
+                prompt: None,
+                messages: Some(vec![ChatMessage {
+                    role: "user".into(),
+                    content: prompt.to_string(),
+                }]),
+                continuations: choices.to_vec(),
+            })
+            .await?;
+        if response.scores.len() != choices.len() {
+            return Err(GatewayError::Upstream(format!(
+                "the expert scored {} of {} choices",
+                response.scores.len(),
+                choices.len()
+            )));
+        }
+        let pick = response.scores.iter().enumerate().fold(0, |best, (i, s)| {
+            if s.mean_nll < response.scores[best].mean_nll {
+                i
+            } else {
+                best
+            }
+        });
+        Ok((pick, response.cost))
     }
 
     /// Runs `names` (all runnable strategies when empty) over the items.
@@ -557,12 +642,18 @@ impl Session {
             skipped,
             sweep,
             categories: self.config.hybrid.categories.clone(),
-            metric: METRIC.into(),
+            metric: match self.options.choices {
+                ChoiceScoring::Likelihood => format!("{METRIC}; {CHOICES_BY_LIKELIHOOD}"),
+                ChoiceScoring::Generate => format!("{METRIC}; {CHOICES_BY_GENERATION}"),
+            },
         })
     }
 }
 
-const METRIC: &str = "per item: exact final-answer match when the reference states one (reasoning), token F1 otherwise (SOP); multiple choice: generate, pick the choice with the highest token F1, 1 if it is `answer`";
+const METRIC: &str = "per item: exact final-answer match when the reference states one (reasoning), token F1 otherwise (SOP)";
+const CHOICES_BY_LIKELIHOOD: &str = "multiple choice: the choice with the lowest mean NLL per token under the strategy's fusion, 1 if it is `answer`";
+const CHOICES_BY_GENERATION: &str =
+    "multiple choice: generate, pick the choice with the highest token F1, 1 if it is `answer`";
 
 fn nominal_cost(mode: &FusionMode) -> f32 {
     match mode {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use protocol::GenerateRequest;
+use protocol::{GenerateRequest, ScoreRequest, ScoreResponse};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
@@ -116,6 +116,18 @@ impl ExpertBackend for LocalExpert {
         Box::pin(async move {
             match self.client() {
                 Some(client) => client.generate(request).await,
+                None => Err(GatewayError::Upstream(format!(
+                    "expert process {} is restarting",
+                    self.index
+                ))),
+            }
+        })
+    }
+
+    fn score(&self, request: ScoreRequest) -> BoxFuture<'_, Result<ScoreResponse>> {
+        Box::pin(async move {
+            match self.client() {
+                Some(client) => client.score(request).await,
                 None => Err(GatewayError::Upstream(format!(
                     "expert process {} is restarting",
                     self.index

@@ -7,6 +7,8 @@
 //!   [`GenerateResponse`]; with `stream: true`, server-sent events: `event: token` with a
 //!   [`TokenEvent`] per generated piece of text, then one `event: done` with a
 //!   [`FinalRecord`] (or `event: error` with an [`ErrorBody`]);
+//! - `POST /v1/score` with a [`ScoreRequest`]: one [`ScoreResponse`], the log-likelihood of
+//!   each continuation under the fusion mode;
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors are `{"error": {"message", "type", "code"}}` ([`ErrorBody`]) with a 4xx/5xx status.
@@ -181,6 +183,48 @@ pub struct GenerateResponse {
     pub text: String,
     #[serde(flatten)]
     pub record: FinalRecord,
+}
+
+/// Most continuations one `POST /v1/score` accepts.
+pub const MAX_SCORE_CONTINUATIONS: usize = 32;
+
+/// `POST /v1/score`: the log-likelihood of each continuation after a prompt under a fusion
+/// mode, by teacher forcing (no sampling). Exactly one of `prompt` (raw text) and `messages`
+/// (rendered with the first model's chat template, an assistant turn opened) must be given;
+/// after `messages` each continuation is scored as the whole assistant turn, its
+/// end-of-turn token included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub mode: FusionMode,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// 1 to [`MAX_SCORE_CONTINUATIONS`] non-empty texts.
+    pub continuations: Vec<String>,
+}
+
+/// The score of one continuation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContinuationScore {
+    /// Sum of the tokens' natural-log probabilities.
+    pub logprob: f64,
+    /// Tokens scored (the end-of-turn token included after `messages`).
+    pub tokens: usize,
+    /// `-logprob / tokens`: what ranks continuations of different lengths.
+    pub mean_nll: f64,
+}
+
+/// Answer of `POST /v1/score`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreResponse {
+    /// In the order of the request's continuations.
+    pub scores: Vec<ContinuationScore>,
+    /// The prompt's tokens.
+    pub prompt_tokens: usize,
+    /// Forwards per token of the mode and the token-forwards spent.
+    pub cost: Cost,
 }
 
 /// One entry of `GET /v1/models`.

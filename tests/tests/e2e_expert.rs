@@ -1,6 +1,7 @@
 //! The real `expert serve` process on the forged pair: concurrent streams produce exactly
 //! the text of in-process generation, a client that disconnects frees its slot, malformed
-//! requests get clear 4xx JSON errors, and a full queue answers 503 with `Retry-After`.
+//! requests get clear 4xx JSON errors, a full queue answers 503 with `Retry-After`, and
+//! `POST /v1/score` scores continuations as the library does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -346,4 +347,105 @@ fn a_full_queue_answers_503_with_retry_after() {
         refused,
         "a second request was never refused while the only slot was taken"
     );
+}
+
+/// `POST /v1/score` on the real process: the scores of a one-model mode are those of the
+/// library's batched scoring (`experts::scoring::continuation_nll`, another code path: one
+/// plain forward per continuation), an ensemble costs two forwards per token, and bad
+/// requests are 4xx JSON errors naming the problem.
+#[test]
+fn the_score_endpoint_matches_in_process_scoring_and_rejects_bad_requests() {
+    let models = models();
+    let dir = tempfile::tempdir().unwrap();
+    let expert = start(dir.path(), &models, 64, 16);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/score", expert.url);
+    let prompt = "How do I reset my password?";
+    let choices = [
+        "1. Verify the customer's identity. 2. Send a password reset link.",
+        "The answer is 12.",
+        "退款",
+    ];
+    let score = |mode: serde_json::Value| -> serde_json::Value {
+        let r = client
+            .post(&url)
+            .json(&serde_json::json!({
+                "mode": mode,
+                "messages": [{"role": "user", "content": prompt}],
+                "continuations": choices,
+            }))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        r.json().unwrap()
+    };
+    let single = score(serde_json::json!({"type": "single", "model": "sft-sop"}));
+    let model =
+        experts::loader::load_model(&models.join("sft-sop"), DType::F32, &Device::Cpu).unwrap();
+    let want = experts::scoring::continuation_nll(&model, prompt, &choices).unwrap();
+    let scores = single["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 3);
+    for (s, w) in scores.iter().zip(&want) {
+        let got = s["mean_nll"].as_f64().unwrap();
+        assert!((got - w).abs() < 1e-3, "served {got} vs in-process {w}");
+        let tokens = s["tokens"].as_f64().unwrap();
+        assert!((s["logprob"].as_f64().unwrap() + got * tokens).abs() < 1e-6);
+    }
+    assert_eq!(single["cost"]["forwards_per_token"], 1.0);
+    let ensemble =
+        score(serde_json::json!({"type": "ensemble", "models": ["foundation", "sft-sop"]}));
+    assert_eq!(ensemble["cost"]["forwards_per_token"], 2.0);
+    assert_eq!(ensemble["prompt_tokens"], single["prompt_tokens"]);
+
+    let many: Vec<String> = (0..33).map(|i| format!("answer {i}")).collect();
+    let many = serde_json::to_string(&many).unwrap();
+    let single_mode = r#"{"type": "single", "model": "sft-sop"}"#;
+    let cases = [
+        ("{bad json".to_string(), "JSON"),
+        (
+            format!(r#"{{"mode": {single_mode}, "prompt": "x", "continuations": []}}"#),
+            "1 to 32",
+        ),
+        (
+            format!(r#"{{"mode": {single_mode}, "prompt": "x", "continuations": {many}}}"#),
+            "1 to 32",
+        ),
+        (
+            format!(r#"{{"mode": {single_mode}, "prompt": "x", "continuations": ["a", ""]}}"#),
+            "continuation 1",
+        ),
+        (
+            format!(r#"{{"mode": {single_mode}, "continuations": ["a"]}}"#),
+            "exactly one",
+        ),
+        (
+            format!(r#"{{"mode": {single_mode}, "prompt": "x", "continuations": "a"}}"#),
+            "continuations",
+        ),
+        (
+            format!(r#"{{"mode": {single_mode}, "prompt": "x", "continuations": ["a"], "echo": true}}"#),
+            "echo",
+        ),
+        (
+            r#"{"mode": {"type": "single", "model": "nope"}, "prompt": "x", "continuations": ["a"]}"#
+                .to_string(),
+            "nope",
+        ),
+    ];
+    for (body, needle) in cases {
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        let status = r.status();
+        let v: serde_json::Value = r.json().unwrap();
+        assert!(status.is_client_error(), "{body}: {status}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
 }

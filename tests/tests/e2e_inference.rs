@@ -302,6 +302,17 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
             ],
             "cannot be used with",
         ),
+        (
+            vec![
+                "--config",
+                cfg,
+                "--eval_file",
+                eval.to_str().unwrap(),
+                "--choices",
+                "magic",
+            ],
+            "unknown choice scoring \"magic\"",
+        ),
     ];
     for (args, needle) in cases {
         let out = run(&args);
@@ -310,6 +321,130 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    assert!(processes_mentioning(cfg).is_empty());
+}
+
+/// Multiple-choice items: by default each strategy's fusion scores the choices (nothing is
+/// generated) and a single expert's picks are those of the library's own scoring of that
+/// model; `--choices generate` answers and matches instead.
+#[test]
+fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
+    let models = forged_small_with_routers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_forged_config(dir.path(), &models, "");
+    let cfg = config.to_str().unwrap();
+    let items = [
+        (
+            "How do I get a refund for a broken kettle?",
+            1,
+            vec![
+                "1. Check the order. 2. Issue the refund to the original payment method.",
+                "The answer is 7.",
+                "Paris is the capital of France.",
+            ],
+            0,
+        ),
+        (
+            "What is 3 + 4?",
+            0,
+            vec![
+                "The answer is 7.",
+                "1. Reset the password.",
+                "The answer is 9.",
+            ],
+            0,
+        ),
+        (
+            "我的快递还没到，怎么办？",
+            1,
+            vec![
+                "1. 查询物流单号。 2. 联系快递公司。",
+                "The answer is 2.",
+                "Blue.",
+            ],
+            1,
+        ),
+    ];
+    let eval = dir.path().join("mc.jsonl");
+    let lines: Vec<String> = items
+        .iter()
+        .map(|(p, label, choices, answer)| {
+            serde_json::json!({"prompt": p, "reference": choices[*answer], "label": label,
+                "choices": choices, "answer": answer})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&eval, lines.join("\n")).unwrap();
+    let evaluate = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "--config",
+            cfg,
+            "--eval_file",
+            eval.to_str().unwrap(),
+            "--strategies",
+            "foundation,sft,ensemble,btm_token,btm_layer,hybrid",
+            "--max_tokens",
+            "12",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success());
+        last_json(&out)
+    };
+
+    let report = evaluate(&[]);
+    assert!(
+        report["metric"]
+            .as_str()
+            .unwrap()
+            .contains("lowest mean NLL"),
+        "{report}"
+    );
+    // Each single expert's accuracy is what its own in-process scoring picks give.
+    for (strategy, dir_name) in [("foundation", "foundation"), ("sft", "sft-sop")] {
+        let model = experts::loader::load_model(
+            &models.join(dir_name),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let right = items
+            .iter()
+            .filter(|(p, _, choices, answer)| {
+                let nll = experts::scoring::continuation_nll(&model, p, choices).unwrap();
+                let pick = (0..nll.len()).fold(0, |b, i| if nll[i] < nll[b] { i } else { b });
+                pick == *answer
+            })
+            .count();
+        let q = report["strategies"][strategy]["quality"].as_f64().unwrap();
+        assert!(
+            (q - right as f64 / 3.0).abs() < 1e-9,
+            "{strategy}: {q} vs {right}/3"
+        );
+    }
+    for (name, r) in report["strategies"].as_object().unwrap() {
+        assert_eq!(r["completion_tokens"], 0, "{name} generated: {r}");
+        assert!(
+            r["total_token_forwards"].as_u64().unwrap() > 0,
+            "{name}: {r}"
+        );
+    }
+    for fused in ["ensemble", "btm_token", "btm_layer"] {
+        assert_eq!(report["strategies"][fused]["cost"], 2.0, "{report}");
+    }
+
+    let generated = evaluate(&["--choices", "generate"]);
+    assert!(
+        generated["metric"].as_str().unwrap().contains("generate"),
+        "{generated}"
+    );
+    assert!(
+        generated["strategies"]["foundation"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert!(processes_mentioning(cfg).is_empty());
 }
 

@@ -5,7 +5,8 @@
 //! ```text
 //! distill [--experts models/foundation models/sft-sop] [--router models/routers/btm_token]
 //!         [--mixer models/routers/btm_layer] [--out models/distilled] [--steps 800]
-//!         [--n_prompts 400] [--reverse_kl 0] [--seed 7] [--force] [--json]
+//!         [--n_prompts 400] [--reverse_kl 0] [--seed 7] [--lora_rank R] [--batch_size 8]
+//!         [--seq_len 96] [--max_answer_tokens 96] [--force] [--json]
 //! ```
 
 use std::path::PathBuf;
@@ -43,6 +44,19 @@ struct Args {
     reverse_kl: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Train a LoRA adapter of this rank over the first expert instead of all its weights
+    /// (`--out` is then an adapter directory).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// Windows per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 96)]
+    seq_len: usize,
+    /// Longest teacher answer, in tokens.
+    #[arg(long, default_value_t = 96)]
+    max_answer_tokens: usize,
     /// Rebuild even when `out` already holds this distillation.
     #[arg(long)]
     force: bool,
@@ -82,7 +96,10 @@ fn run(args: &Args) -> Result<()> {
         lr: args.lr,
         reverse_kl: args.reverse_kl,
         seed: args.seed,
-        ..DistillOptions::default()
+        lora_rank: args.lora_rank,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        max_answer_tokens: args.max_answer_tokens,
     };
     let record = distill(&experts, &router, &opts, &args.out, args.force)?;
     eprintln!(

@@ -68,7 +68,7 @@ fn run(args: &Args) -> Result<()> {
     let out = std::fs::canonicalize(parent)
         .with_context(|| format!("output directory {}", parent.display()))?
         .join(args.out.file_name().context("--out names no directory")?);
-    let base_ref = relative(&base, &out);
+    let base_ref = experts::lora::relative_ref(&base, &out);
     let opts = TrainOptions {
         rank: args.rank,
         alpha: args.alpha,
@@ -97,19 +97,4 @@ fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
-}
-
-/// `target` relative to `from` (both absolute), as the adapter config records its base.
-fn relative(target: &std::path::Path, from: &std::path::Path) -> String {
-    let t: Vec<_> = target.components().collect();
-    let f: Vec<_> = from.components().collect();
-    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..f.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c);
-    }
-    out.to_string_lossy().into_owned()
 }

@@ -60,6 +60,10 @@ struct Args {
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
+    /// With --eval_file: how multiple-choice items are scored: `likelihood` (the choice the
+    /// strategy finds likeliest) or `generate` (answer, then match the choices).
+    #[arg(long, default_value = "likelihood", requires = "eval_file")]
+    choices: String,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         btm_router: args.btm_router.clone(),
         max_tokens: args.max_tokens,
         temperature: args.temperature,
+        choices: args.choices.parse()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
