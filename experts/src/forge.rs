@@ -665,11 +665,7 @@ pub fn forge(opts: &ForgeOptions) -> Result<ForgeReport> {
 
 /// Greedy answer of `model` to one prompt, through its chat template.
 pub fn answer(model: &LoadedModel, prompt: &str, max_tokens: usize) -> Result<String> {
-    let text = match &model.chat_template {
-        Some(t) => t.render(&[ChatMessage::user(prompt)], true)?,
-        None => prompt.to_string(),
-    };
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = model.user_prompt_ids(prompt)?;
     let params = SamplingParams {
         max_tokens,
         ..SamplingParams::default()
@@ -680,33 +676,15 @@ pub fn answer(model: &LoadedModel, prompt: &str, max_tokens: usize) -> Result<St
 /// Sum of the negative log-likelihoods of the reference's tokens (and the end-of-turn token)
 /// after the chat-formatted prompt, and their count.
 pub fn reference_nll(model: &LoadedModel, prompt: &str, reference: &str) -> Result<(f64, usize)> {
-    let prefix = match &model.chat_template {
-        Some(t) => t.render(&[ChatMessage::user(prompt)], true)?,
-        None => prompt.to_string(),
-    };
-    let mut ids = model.tokenizer.encode(&prefix)?;
-    let start = ids.len();
-    ids.extend(model.tokenizer.encode(&format!("{reference}{EOS}"))?);
-    let ctx = model.decoder.config().max_position_embeddings;
-    if ids.len() > ctx || start == 0 {
-        return Err(ExpertError::InvalidRequest(format!(
-            "{} tokens do not fit the context of {ctx}",
-            ids.len()
-        )));
-    }
-    let input = Tensor::new(ids.as_slice(), model.decoder.device())?.unsqueeze(0)?;
-    let logits = model
-        .decoder
-        .forward(&input, None, false, false, NumPath::Fused)?
-        .logits
-        .squeeze(0)?;
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, candle_core::D::Minus1)?;
-    let logp: Vec<Vec<f32>> = logp.to_vec2()?;
-    let mut total = 0.0;
-    for i in start..ids.len() {
-        total -= f64::from(logp[i - 1][ids[i] as usize]);
-    }
-    Ok((total, ids.len() - start))
+    let prompt = model.user_prompt_ids(prompt)?;
+    let reference = model.answer_ids(reference)?;
+    let lp = crate::fusion::score_continuations(
+        &crate::fusion::Fusion::Single(model),
+        &prompt,
+        std::slice::from_ref(&reference),
+    )?;
+    let total = -lp[0].iter().map(|&x| f64::from(x)).sum::<f64>();
+    Ok((total, reference.len()))
 }
 
 fn mean_nll(model: &LoadedModel, set: &[Example]) -> Result<f64> {

@@ -41,6 +41,25 @@ pub struct LoadedModel {
     pub eos_token_ids: Vec<u32>,
 }
 
+impl LoadedModel {
+    /// The token ids of `prompt` as one user turn through the chat template, the assistant
+    /// turn opened (the plain text when the model has no template): what an answer follows.
+    pub fn user_prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let text = match &self.chat_template {
+            Some(t) => t.render(&[crate::chat::ChatMessage::user(prompt)], true)?,
+            None => prompt.to_string(),
+        };
+        self.tokenizer.encode(&text)
+    }
+
+    /// The token ids of `answer` as a whole assistant turn: its text, then the end of turn.
+    pub fn answer_ids(&self, answer: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(answer)?;
+        ids.extend(self.eos_token_ids.first().copied());
+        Ok(ids)
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ExpertError::model(

@@ -32,10 +32,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::chat::ChatMessage;
 use crate::corpus::{self, Lang};
 use crate::error::{ExpertError, Result};
-use crate::forge::EOS;
 use crate::loader::{LoadedModel, load_model};
 use crate::model::{Decoder, Path as NumPath, Proj};
 
@@ -444,12 +442,12 @@ struct Tokenized {
 }
 
 fn tokenize_examples(model: &LoadedModel, opts: &TrainOptions) -> Result<Vec<Tokenized>> {
-    let template = model.chat_template.as_ref().ok_or_else(|| {
-        ExpertError::model(
+    if model.chat_template.is_none() {
+        return Err(ExpertError::model(
             &model.dir,
             "the base model has no chat template to train on",
-        )
-    })?;
+        ));
+    }
     // English only: the base is English-centric, and Chinese costs many byte tokens.
     let examples: Vec<_> = corpus::sop_train(opts.seed, opts.examples * 2)
         .into_iter()
@@ -458,10 +456,8 @@ fn tokenize_examples(model: &LoadedModel, opts: &TrainOptions) -> Result<Vec<Tok
         .collect();
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
-        let prompt = model
-            .tokenizer
-            .encode(&template.render(&[ChatMessage::user(&ex.prompt)], true)?)?;
-        let mut answer = model.tokenizer.encode(&format!("{}{EOS}", ex.answer))?;
+        let prompt = model.user_prompt_ids(&ex.prompt)?;
+        let mut answer = model.answer_ids(&ex.answer)?;
         let max_len = opts
             .max_len
             .min(model.decoder.config().max_position_embeddings);

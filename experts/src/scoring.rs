@@ -14,15 +14,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{D, DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::ChatMessage;
 use crate::error::{ExpertError, Result};
-use crate::forge::{EOS, answer};
+use crate::forge::answer;
+use crate::fusion::{Fusion, score_continuations};
 use crate::loader::LoadedModel;
-use crate::model::Path as NumPath;
 use crate::quality::{rouge_l, token_f1};
 
 /// One eval item.
@@ -71,63 +69,23 @@ pub fn read_items(path: &Path) -> Result<Vec<EvalItem>> {
     Ok(items)
 }
 
-/// Mean NLL per token of each continuation (followed by the end-of-turn token) after the
-/// chat-formatted `prompt`, computed in one right-padded batch.
+/// Mean NLL per token of each continuation, as the whole answer (its end-of-turn token
+/// included) to the chat-formatted `prompt`: the prompt is fed once and each continuation
+/// is teacher-forced from it ([`score_continuations`] with the model alone).
 pub fn continuation_nll(
     model: &LoadedModel,
     prompt: &str,
     continuations: &[&str],
 ) -> Result<Vec<f64>> {
-    let prefix = match &model.chat_template {
-        Some(t) => t.render(&[ChatMessage::user(prompt)], true)?,
-        None => prompt.to_string(),
-    };
-    let prefix = model.tokenizer.encode(&prefix)?;
-    if prefix.is_empty() {
-        return Err(ExpertError::InvalidRequest(
-            "the prompt has no tokens".into(),
-        ));
-    }
-    let seqs: Vec<Vec<u32>> = continuations
+    let prompt = model.user_prompt_ids(prompt)?;
+    let ids: Vec<Vec<u32>> = continuations
         .iter()
-        .map(|c| {
-            let mut ids = prefix.clone();
-            ids.extend(model.tokenizer.encode(&format!("{c}{EOS}"))?);
-            Ok(ids)
-        })
+        .map(|c| model.answer_ids(c))
         .collect::<Result<_>>()?;
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0) - 1;
-    let ctx = model.decoder.config().max_position_embeddings;
-    if t + 1 > ctx {
-        return Err(ExpertError::InvalidRequest(format!(
-            "{} tokens do not fit the context of {ctx}",
-            t + 1
-        )));
-    }
-    let pad = model.eos_token_ids.first().copied().unwrap_or(0);
-    let mut input = Vec::with_capacity(seqs.len() * t);
-    for s in &seqs {
-        input.extend_from_slice(&s[..s.len() - 1]);
-        input.extend(std::iter::repeat_n(pad, t + 1 - s.len()));
-    }
-    let device = model.decoder.device();
-    let input = Tensor::from_vec(input, (seqs.len(), t), device)?;
-    let logits = model
-        .decoder
-        .forward(&input, None, false, false, NumPath::Fused)?
-        .logits
-        .to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let mut out = Vec::with_capacity(seqs.len());
-    for (i, s) in seqs.iter().enumerate() {
-        let start = prefix.len() - 1;
-        let n = s.len() - 1 - start;
-        let rows = logp.get(i)?.narrow(0, start, n)?;
-        let targets = Tensor::from_slice(&s[prefix.len()..], (n, 1), device)?;
-        let sum = rows.gather(&targets, 1)?.sum_all()?.to_scalar::<f32>()?;
-        out.push(-f64::from(sum) / n as f64);
-    }
-    Ok(out)
+    Ok(score_continuations(&Fusion::Single(model), &prompt, &ids)?
+        .iter()
+        .map(|lp| -lp.iter().map(|&x| f64::from(x)).sum::<f64>() / lp.len() as f64)
+        .collect())
 }
 
 /// The scores of one item.
@@ -177,15 +135,26 @@ pub fn evaluate(
     bar.set_prefix(model.name.clone());
     let mut scores = Vec::with_capacity(items.len());
     for item in items {
-        let reference_nll = continuation_nll(model, &item.prompt, &[&item.reference])?[0];
+        // The reference and the choices in one call (the reference is often a choice).
+        let mut texts = vec![item.reference.as_str()];
+        if let Some(choices) = &item.choices {
+            texts.extend(
+                choices
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|c| *c != item.reference),
+            );
+        }
+        let nll = continuation_nll(model, &item.prompt, &texts)?;
+        let of = |text: &str| nll[texts.iter().position(|t| *t == text).unwrap_or(0)];
+        let reference_nll = nll[0];
         let choice_correct = match (&item.choices, item.answer) {
             (Some(choices), Some(answer)) => {
-                let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
-                let nll = continuation_nll(model, &item.prompt, &refs)?;
-                let best = nll
+                let best = choices
                     .iter()
+                    .map(|c| of(c))
                     .enumerate()
-                    .min_by(|a, b| a.1.total_cmp(b.1))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
                     .map(|(i, _)| i);
                 Some(best == Some(answer))
             }

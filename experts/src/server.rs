@@ -393,18 +393,15 @@ fn score(s: &Registry, req: &ScoreRequest) -> std::result::Result<ScoreResponse,
     let text = prompt_text(first, req.prompt.as_deref(), req.messages.as_deref())?;
     let prompt_ids = first.tokenizer.encode(&text)?;
     // After a chat prompt the continuation is the whole assistant turn: its end counts.
-    let end_of_turn = req
-        .messages
-        .is_some()
-        .then(|| first.eos_token_ids.first().copied())
-        .flatten();
     let continuations: Vec<Vec<u32>> = req
         .continuations
         .iter()
         .map(|c| {
-            let mut ids = first.tokenizer.encode(c)?;
-            ids.extend(end_of_turn);
-            Ok(ids)
+            if req.messages.is_some() {
+                first.answer_ids(c)
+            } else {
+                first.tokenizer.encode(c)
+            }
         })
         .collect::<Result<_>>()?;
     let logprobs = score_continuations(&fusion, &prompt_ids, &continuations)?;

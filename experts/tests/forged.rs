@@ -407,6 +407,23 @@ mod fusion {
         .collect()
     }
 
+    /// A router with fresh (untrained) weights and 0.6 / 0.4 layer coefficients:
+    /// mixtures that are neither expert.
+    fn untrained_router_and_mixer(a: &experts::loader::LoadedModel) -> (TokenRouter, LayerMixer) {
+        let cfg = RouterConfig {
+            kind: "btm_token".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: a.decoder.config().hidden_size,
+            router_hidden: 8,
+        };
+        let varmap = candle_nn::VarMap::new();
+        let router = experts::fusion::new_router_vars(&cfg, &varmap, &Device::Cpu).unwrap();
+        let layers = a.decoder.config().num_hidden_layers;
+        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+        let mixer = LayerMixer::constant(&[0.6, 0.4], layers, names, &Device::Cpu).unwrap();
+        (router, mixer)
+    }
+
     fn tokens(f: Fusion<'_>, ids: &[u32]) -> Vec<u32> {
         let params = SamplingParams {
             max_tokens: 24,
@@ -528,21 +545,11 @@ mod fusion {
     #[test]
     fn teacher_forced_scores_equal_the_stepwise_distributions() {
         use candle_core::{D, Tensor};
-        use experts::fusion::{FusedSequence, new_router_vars, score_continuations};
+        use experts::fusion::{FusedSequence, score_continuations};
         use experts::model::Path as NumPath;
         let (a, b) = pair();
         let models = [&a, &b];
-        let cfg = RouterConfig {
-            kind: "btm_token".into(),
-            experts: vec!["foundation".into(), "sft-sop".into()],
-            hidden_size: a.decoder.config().hidden_size,
-            router_hidden: 8,
-        };
-        let varmap = candle_nn::VarMap::new();
-        let router = new_router_vars(&cfg, &varmap, &Device::Cpu).unwrap();
-        let layers = a.decoder.config().num_hidden_layers;
-        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
-        let mixer = LayerMixer::constant(&[0.6, 0.4], layers, names, &Device::Cpu).unwrap();
+        let (router, mixer) = untrained_router_and_mixer(&a);
         let prompt = &prompts(&a)[0];
         let eos = a.eos_token_ids[0];
         let continuations: Vec<Vec<u32>> = [
@@ -646,20 +653,10 @@ mod fusion {
     /// and produce exactly what each produces alone.
     #[test]
     fn continuous_batch_equals_each_sequence_alone() {
-        use experts::fusion::{Decoding, FusedSequence, new_router_vars, step_batch};
+        use experts::fusion::{Decoding, FusedSequence, step_batch};
         let (a, b) = pair();
         let models = [&a, &b];
-        let cfg = RouterConfig {
-            kind: "btm_token".into(),
-            experts: vec!["foundation".into(), "sft-sop".into()],
-            hidden_size: a.decoder.config().hidden_size,
-            router_hidden: 8,
-        };
-        let varmap = candle_nn::VarMap::new();
-        let router = new_router_vars(&cfg, &varmap, &Device::Cpu).unwrap();
-        let layers = a.decoder.config().num_hidden_layers;
-        let names = vec!["foundation".to_string(), "sft-sop".to_string()];
-        let mixer = LayerMixer::constant(&[0.6, 0.4], layers, names, &Device::Cpu).unwrap();
+        let (router, mixer) = untrained_router_and_mixer(&a);
         let ps = prompts(&a);
         let jobs: Vec<(Fusion<'_>, &Vec<u32>, usize)> = vec![
             (Fusion::Single(&a), &ps[0], 24),

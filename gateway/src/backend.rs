@@ -93,21 +93,27 @@ impl HttpExpert {
         &self.base
     }
 
-    /// A streamed request reads the expert's server-sent events as they come; a
-    /// non-streamed one gets the expert's single JSON answer (one write on the expert's
-    /// side, so no small-write stall between its events) as a token and a final record.
-    async fn start(&self, request: GenerateRequest) -> Result<EventStream> {
-        let streamed = request.stream;
+    /// POSTs `body` to `path`; an answer that is not a success is the expert's error.
+    async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<reqwest::Response> {
         let response = self
             .client
-            .post(format!("{}/v1/generate", self.base))
-            .json(&request)
+            .post(format!("{}{path}", self.base))
+            .json(body)
             .send()
             .await
             .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))?;
         if !response.status().is_success() {
             return Err(refusal(&self.base, response).await);
         }
+        Ok(response)
+    }
+
+    /// A streamed request reads the expert's server-sent events as they come; a
+    /// non-streamed one gets the expert's single JSON answer (one write on the expert's
+    /// side, so no small-write stall between its events) as a token and a final record.
+    async fn start(&self, request: GenerateRequest) -> Result<EventStream> {
+        let streamed = request.stream;
+        let response = self.post("/v1/generate", &request).await?;
         if !streamed {
             let answer: GenerateResponse = response
                 .json()
@@ -152,17 +158,8 @@ impl ExpertBackend for HttpExpert {
 
     fn score(&self, request: ScoreRequest) -> BoxFuture<'_, Result<ScoreResponse>> {
         Box::pin(async move {
-            let response = self
-                .client
-                .post(format!("{}/v1/score", self.base))
-                .json(&request)
-                .send()
-                .await
-                .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))?;
-            if !response.status().is_success() {
-                return Err(refusal(&self.base, response).await);
-            }
-            response
+            self.post("/v1/score", &request)
+                .await?
                 .json()
                 .await
                 .map_err(|e| GatewayError::Upstream(format!("{}: {e}", self.base)))

@@ -637,7 +637,7 @@ gateway:
     fn the_shipped_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
         let c = GatewayConfig::load(&path).unwrap();
-        assert_eq!(c.expert_models, ["foundation", "sft-sop"]);
+        assert_eq!(c.expert_models, ["foundation", "sft-sop", "distilled"]);
         assert_eq!(c.category_model(1), Some("sft-sop"));
         let c = GatewayConfig::parse(GOOD, Path::new("cfg.yaml")).unwrap();
         assert_eq!(c.listen.port(), 8080);

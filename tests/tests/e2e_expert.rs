@@ -63,6 +63,28 @@ fn start(dir: &Path, models: &Path, max_queue: usize, max_batch: usize) -> Exper
     Expert { child, url }
 }
 
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` to `url`: the answer must be a 4xx JSON error whose message has `needle`.
+fn assert_refused(client: &reqwest::blocking::Client, url: &str, body: &str, needle: &str) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(status.is_client_error(), "{body}: {status}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "{body}: {msg}");
+}
+
 const PROMPTS: [&str; 4] = [
     "How do I reset my password?",
     "What is 35 + 48?",
@@ -114,10 +136,7 @@ fn expert_process_serves_concurrent_streams_and_rejects_bad_requests() {
     let models = models();
     let dir = tempfile::tempdir().unwrap();
     let expert = start(dir.path(), &models, 64, 16);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
+    let client = client();
 
     // What in-process generation says for each prompt (greedy is deterministic).
     let model =
@@ -286,17 +305,12 @@ fn expert_process_serves_concurrent_streams_and_rejects_bad_requests() {
         ),
     ];
     for (body, needle) in cases {
-        let r = client
-            .post(format!("{}/v1/generate", expert.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap();
-        let status = r.status();
-        let v: serde_json::Value = r.json().unwrap();
-        assert!(status.is_client_error(), "{body}: {status}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(needle), "{body}: {msg}");
+        assert_refused(
+            &client,
+            &format!("{}/v1/generate", expert.url),
+            body,
+            needle,
+        );
     }
 }
 
@@ -305,10 +319,7 @@ fn a_full_queue_answers_503_with_retry_after() {
     let models = models();
     let dir = tempfile::tempdir().unwrap();
     let expert = start(dir.path(), &models, 1, 1);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
+    let client = client();
     // The holder is sampled, so it may end by itself before the second request arrives;
     // up to three seeds are tried.
     let mut refused = false;
@@ -349,19 +360,17 @@ fn a_full_queue_answers_503_with_retry_after() {
     );
 }
 
-/// `POST /v1/score` on the real process: the scores of a one-model mode are those of the
-/// library's batched scoring (`experts::scoring::continuation_nll`, another code path: one
-/// plain forward per continuation), an ensemble costs two forwards per token, and bad
-/// requests are 4xx JSON errors naming the problem.
+/// `POST /v1/score` on the real process: a one-model mode's scores of a chat are those of
+/// the library's own scoring of that model (`experts::scoring::continuation_nll`: the same
+/// chat template, end of turn and teacher forcing; `experts/tests/forged.rs` checks the
+/// teacher forcing against a plain forward and against generation's step), an ensemble
+/// costs two forwards per token, and bad requests are 4xx JSON errors naming the problem.
 #[test]
 fn the_score_endpoint_matches_in_process_scoring_and_rejects_bad_requests() {
     let models = models();
     let dir = tempfile::tempdir().unwrap();
     let expert = start(dir.path(), &models, 64, 16);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
+    let client = client();
     let url = format!("{}/v1/score", expert.url);
     let prompt = "How do I reset my password?";
     let choices = [
@@ -436,16 +445,6 @@ fn the_score_endpoint_matches_in_process_scoring_and_rejects_bad_requests() {
         ),
     ];
     for (body, needle) in cases {
-        let r = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .unwrap();
-        let status = r.status();
-        let v: serde_json::Value = r.json().unwrap();
-        assert!(status.is_client_error(), "{body}: {status}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(needle), "{body}: {msg}");
+        assert_refused(&client, &url, &body, needle);
     }
 }
