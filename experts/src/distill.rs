@@ -220,17 +220,8 @@ pub fn distill(
                     "a LoRA student needs a model directory as the first expert, not an adapter",
                 ));
             }
-            let base =
-                std::fs::canonicalize(&first.dir).map_err(|e| ExpertError::io(&first.dir, e))?;
-            let parent = out
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent).map_err(|e| ExpertError::io(parent, e))?;
-            let out_abs = std::fs::canonicalize(parent)
-                .map_err(|e| ExpertError::io(parent, e))?
-                .join(out.file_name().unwrap_or_default());
-            let config = crate::lora::config_for(rank, &crate::lora::relative_ref(&base, &out_abs));
+            let (_, base_ref) = crate::lora::adapter_location(&first.dir, out)?;
+            let config = crate::lora::config_for(rank, &base_ref);
             let mut student = crate::loader::load_model(&first.dir, DType::F32, &device)?.decoder;
             let vars = crate::lora::attach(&mut student, &config, opts.seed)?;
             (student, Student::Lora { config, vars })

@@ -317,7 +317,7 @@ pub(crate) fn frozen_linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
 
 /// `target` relative to the directory `from` (both absolute), as an adapter config records
 /// its base (`base_model_name_or_path`).
-pub fn relative_ref(target: &Path, from: &Path) -> String {
+fn relative_ref(target: &Path, from: &Path) -> String {
     let t: Vec<_> = target.components().collect();
     let f: Vec<_> = from.components().collect();
     let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
@@ -329,6 +329,28 @@ pub fn relative_ref(target: &Path, from: &Path) -> String {
         out.push(c);
     }
     out.to_string_lossy().into_owned()
+}
+
+/// Where an adapter written to `out` will live (absolute; its parent directory is created)
+/// and how its config then names `base` (relative to the adapter directory).
+pub fn adapter_location(base: &Path, out: &Path) -> Result<(PathBuf, String)> {
+    let base = std::fs::canonicalize(base).map_err(|e| ExpertError::io(base, e))?;
+    let name = out.file_name().ok_or_else(|| {
+        ExpertError::Training(format!(
+            "the output path {} names no directory",
+            out.display()
+        ))
+    })?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| ExpertError::io(parent, e))?;
+    let out = std::fs::canonicalize(parent)
+        .map_err(|e| ExpertError::io(parent, e))?
+        .join(name);
+    let base_ref = relative_ref(&base, &out);
+    Ok((out, base_ref))
 }
 
 /// A LoRA config of rank `r` (alpha 2r) on every projection of [`TARGETS`], its base at

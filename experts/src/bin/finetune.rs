@@ -58,17 +58,8 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let base = std::fs::canonicalize(&args.base)
+    let (out, base_ref) = experts::lora::adapter_location(&args.base, &args.out)
         .with_context(|| format!("base model {}", args.base.display()))?;
-    let parent = match args.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let out = std::fs::canonicalize(parent)
-        .with_context(|| format!("output directory {}", parent.display()))?
-        .join(args.out.file_name().context("--out names no directory")?);
-    let base_ref = experts::lora::relative_ref(&base, &out);
     let opts = TrainOptions {
         rank: args.rank,
         alpha: args.alpha,
@@ -81,7 +72,7 @@ fn run(args: &Args) -> Result<()> {
         max_len: args.max_len,
         base_ref,
     };
-    let report = train(&base, &out, &opts)?;
+    let report = train(&args.base, &out, &opts)?;
     println!(
         "{}: {} parameters, {} steps, {} examples, {} answer tokens, {:.1} s, loss {:.3} -> {:.3}",
         args.out.display(),
