@@ -45,6 +45,15 @@ pub trait Ops {
     /// Rows of `table` (`[vocab, hidden]`) for `ids`.
     fn embed(&self, table: &Self::T, ids: &Self::T) -> Result<Self::T>;
     fn linear(&self, w: &Self::Linear, x: &Self::T) -> Result<Self::T>;
+    /// Several projections of the same input (q/k/v, gate/up), which a device may run as
+    /// one kernel. One output per weight, in order.
+    fn linears<const N: usize>(&self, ws: [&Self::Linear; N], x: &Self::T) -> Result<[Self::T; N]> {
+        let ys = ws
+            .iter()
+            .map(|w| self.linear(w, x))
+            .collect::<Result<Vec<_>>>()?;
+        array(ys)
+    }
     fn rms_norm(&self, w: &Self::Norm, x: &Self::T) -> Result<Self::T>;
     /// Rotary embedding of `q` and `k` at positions `offset..`, appending `k`, `v` to `cache`
     /// (when there is one), causal scaled dot-product attention with grouped-query heads.
@@ -79,6 +88,13 @@ pub trait Ops {
     fn cache_len(&self, cache: &Self::LayerCache) -> usize;
     /// Brings a (small) tensor to the host, flattened.
     fn to_host(&self, x: &Self::T) -> Result<Vec<f32>>;
+}
+
+/// A vector of exactly `N` outputs as an array.
+pub(crate) fn array<T, const N: usize>(ys: Vec<T>) -> Result<[T; N]> {
+    let got = ys.len();
+    ys.try_into()
+        .map_err(|_| ExpertError::InvalidRequest(format!("{got} outputs where {N} were due")))
 }
 
 /// One layer's weights, borrowed from a model of device `B`.
@@ -124,13 +140,12 @@ pub fn layer_step<B: Ops, W: Weights<B> + ?Sized>(
 ) -> Result<B::T> {
     let w = model.layer(index)?;
     let x = ops.rms_norm(w.input_norm, h)?;
-    let q = ops.linear(w.q, &x)?;
-    let k = ops.linear(w.k, &x)?;
-    let v = ops.linear(w.v, &x)?;
+    let [q, k, v] = ops.linears([w.q, w.k, w.v], &x)?;
     let a = ops.attention(w.attention, &q, &k, &v, model.rope(), cache, offset)?;
     let h = ops.add(h, &ops.linear(w.o, &a)?)?;
     let x = ops.rms_norm(w.post_norm, &h)?;
-    let act = ops.swiglu(&ops.linear(w.gate, &x)?, &ops.linear(w.up, &x)?)?;
+    let [gate, up] = ops.linears([w.gate, w.up], &x)?;
+    let act = ops.swiglu(&gate, &up)?;
     ops.add(&h, &ops.linear(w.down, &act)?)
 }
 

@@ -35,6 +35,7 @@ use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
 
 mod candle_ops;
+mod host;
 pub(crate) use candle_ops::{CandleOps, router_weights};
 pub use candle_ops::{HostLayer, HostLinear, HostWeights};
 
@@ -138,6 +139,9 @@ pub(crate) enum Proj {
 
 impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(mut y) = Self::forward_host(&[self], x)? {
+            return Ok(y.swap_remove(0));
+        }
         match self {
             Self::Dense(l) => Ok(l.forward(x)?),
             Self::Quantized { weight, bias } => {
@@ -157,6 +161,72 @@ impl Proj {
                 Ok((crate::lora::frozen_linear(base, x)? + (low * *scale)?)?)
             }
         }
+    }
+
+    /// Several projections of the same input (q/k/v, gate/up), in one pass where the host
+    /// kernels apply.
+    pub(crate) fn forward_many(projs: &[&Self], x: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(ys) = Self::forward_host(projs, x)? {
+            return Ok(ys);
+        }
+        projs.iter().map(|p| p.forward(x)).collect()
+    }
+
+    /// [`host::linears`] when every projection is dense f32 on the CPU, nothing tracks
+    /// gradients and `x` has at most [`host::MAX_ROWS`] rows (decoding); `None` otherwise.
+    fn forward_host(projs: &[&Self], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        if !host::eligible(x) {
+            return Ok(None);
+        }
+        let k = x.dim(D::Minus1)?;
+        let m = x.elem_count() / k.max(1);
+        if m == 0 || m > host::MAX_ROWS {
+            return Ok(None);
+        }
+        let mut linears = Vec::with_capacity(projs.len());
+        for p in projs {
+            let Self::Dense(l) = p else { return Ok(None) };
+            let fits = |t: &Tensor| host::eligible(t) && t.is_contiguous();
+            if !fits(l.weight()) || l.weight().dim(1)? != k || !l.bias().is_none_or(fits) {
+                return Ok(None);
+            }
+            linears.push(l);
+        }
+        let x = x.contiguous()?;
+        let ys = host::with_f32(&x, |xs| {
+            let guards: Vec<_> = linears
+                .iter()
+                .map(|l| (l.weight().storage_and_layout(), l.bias().map(Tensor::storage_and_layout)))
+                .collect();
+            let mats: Option<Vec<host::Matrix<'_>>> = guards
+                .iter()
+                .zip(&linears)
+                .map(|((w, b), l)| {
+                    Some(host::Matrix {
+                        weight: host::f32_slice(&w.0, w.1)?,
+                        bias: match b {
+                            Some(b) => Some(host::f32_slice(&b.0, b.1)?),
+                            None => None,
+                        },
+                        n: l.weight().dim(0).ok()?,
+                    })
+                })
+                .collect();
+            mats.map(|mats| host::linears(xs, m, k, &mats))
+        })
+        .flatten();
+        let Some(ys) = ys else { return Ok(None) };
+        let mut dims = x.dims().to_vec();
+        ys.into_iter()
+            .zip(&linears)
+            .map(|(y, l)| {
+                if let Some(last) = dims.last_mut() {
+                    *last = l.weight().dim(0)?;
+                }
+                Ok(Tensor::from_vec(y, dims.as_slice(), x.device())?)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// Bytes of weights this projection reads per forward (bias included).
@@ -273,10 +343,67 @@ impl Rotary {
     }
 }
 
-/// Keys and values of one layer for the positions seen so far, `[batch, kv_heads, len, head_dim]`.
+/// Keys and values of one layer for the positions seen so far: tensors
+/// `[batch, kv_heads, len, head_dim]`, or host buffers when the host decode kernels run
+/// ([`host::HostKv`]). Either converts to the other when a step of the other kind comes.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
+    kv: Kv,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Kv {
+    #[default]
+    Empty,
+    Tensors(Tensor, Tensor),
+    Host(host::HostKv),
+}
+
+impl LayerCache {
+    /// Number of positions cached.
+    fn len(&self) -> usize {
+        match &self.kv {
+            Kv::Empty => 0,
+            Kv::Tensors(k, _) => k.dim(2).unwrap_or(0),
+            Kv::Host(h) => h.len,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.kv {
+            Kv::Empty => 0,
+            Kv::Tensors(k, v) => (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes(),
+            Kv::Host(h) => h.bytes(),
+        }
+    }
+
+    /// The cache as tensors, converting host buffers.
+    fn take_tensors(&mut self, device: &Device, dtype: DType) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match std::mem::take(&mut self.kv) {
+            Kv::Empty => None,
+            Kv::Tensors(k, v) => Some((k, v)),
+            Kv::Host(h) => Some(h.to_tensors(device, dtype)?),
+        })
+    }
+
+    /// The cache as host buffers for a batch of `batch`, converting tensors.
+    fn take_host(&mut self, batch: usize, kv_heads: usize, head_dim: usize) -> Result<host::HostKv> {
+        let h = match std::mem::take(&mut self.kv) {
+            Kv::Empty => host::HostKv::new(batch, kv_heads, head_dim),
+            Kv::Tensors(k, v) => host::HostKv::from_tensors(&k, &v)?,
+            Kv::Host(h) => h,
+        };
+        if (h.batch(), h.kv_heads, h.head_dim) != (batch, kv_heads, head_dim) {
+            return Err(ExpertError::InvalidRequest(format!(
+                "a cache of {} sequences × {} heads × {} for a batch of {batch} × {kv_heads} × \
+                 {head_dim}",
+                h.batch(),
+                h.kv_heads,
+                h.head_dim
+            )));
+        }
+        Ok(h)
+    }
 }
 
 /// The explicit KV cache of one sequence batch: one entry per layer.
@@ -294,10 +421,7 @@ impl KvCache {
 
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.kv.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers.first().map_or(0, LayerCache::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -306,26 +430,19 @@ impl KvCache {
 
     /// Number of positions cached in layer `index` (ahead of later layers mid-step).
     fn len_at(&self, index: usize) -> usize {
-        self.layers
-            .get(index)
-            .and_then(|l| l.kv.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers.get(index).map_or(0, LayerCache::len)
     }
 
     /// Forgets everything.
     pub fn reset(&mut self) {
         for l in &mut self.layers {
-            l.kv = None;
+            l.kv = Kv::Empty;
         }
     }
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .filter_map(|l| l.kv.as_ref())
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().map(LayerCache::bytes).sum()
     }
 }
 
@@ -389,9 +506,10 @@ impl Attention {
         offsets: &[usize],
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
+        let [q, k, v] = crate::backend::array(Proj::forward_many(
+            &[&self.q_proj, &self.k_proj, &self.v_proj],
+            x,
+        )?)?;
         let mut outs = Vec::with_capacity(n);
         for (i, cache) in caches.iter_mut().enumerate() {
             let row = |t: &Tensor| t.narrow(0, i, 1);
@@ -409,6 +527,57 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
+    /// [`Attention::attend`] by the host kernel ([`host::attend`]), `[b, t, heads·d]`; `None`
+    /// (and the cache untouched) when an input is not contiguous host f32.
+    fn attend_host(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rotary: &Rotary,
+        cache: Option<&mut LayerCache>,
+        offset: usize,
+    ) -> Result<Option<Tensor>> {
+        let (b, t, _) = q.dims3()?;
+        let all = [q, k, v, &rotary.cos, &rotary.sin];
+        if !all.iter().all(|x| x.is_contiguous() && host::eligible(x)) {
+            return Ok(None);
+        }
+        let mut kv = match cache {
+            Some(c) => Some((c.take_host(b, self.kv_heads, self.head_dim)?, c)),
+            None => None,
+        };
+        let mut scratch = host::HostKv::new(b, self.kv_heads, self.head_dim);
+        let target = kv.as_mut().map_or(&mut scratch, |(h, _)| h);
+        let y = host::with_f32(q, |q| {
+            host::with_f32(k, |k| {
+                host::with_f32(v, |v| {
+                    host::with_f32(&rotary.cos, |cos| {
+                        host::with_f32(&rotary.sin, |sin| {
+                            let spec = host::AttnSpec {
+                                heads: self.heads,
+                                kv_heads: self.kv_heads,
+                                head_dim: self.head_dim,
+                                cos,
+                                sin,
+                            };
+                            host::attend(q, k, v, t, offset, &spec, target)
+                        })
+                    })
+                })
+            })
+        })
+        .flatten()
+        .flatten()
+        .flatten()
+        .flatten();
+        if let Some((h, c)) = kv {
+            c.kv = Kv::Host(h);
+        }
+        let y = y.ok_or_else(|| ExpertError::InvalidRequest("attention inputs moved".into()))?;
+        Ok(Some(Tensor::from_vec(y, (b, t, self.heads * self.head_dim), q.device())?))
+    }
+
     /// Rotary embedding, cache update and scaled dot-product attention for projected
     /// `q`, `k`, `v` (`[batch, t, heads * head_dim]`); returns `[batch, t, heads, head_dim]`.
     #[allow(clippy::too_many_arguments)]
@@ -423,6 +592,12 @@ impl Attention {
         path: Path,
     ) -> Result<Tensor> {
         let (b, t, _) = q.dims3()?;
+        let mut cache = cache;
+        if path == Path::Fused && [q, k, v].into_iter().all(host::eligible) {
+            if let Some(y) = self.attend_host(q, k, v, rotary, cache.as_deref_mut(), offset)? {
+                return Ok(y.reshape((b, t, self.heads, self.head_dim))?);
+            }
+        }
         let shape = |y: &Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?)
         };
@@ -434,11 +609,11 @@ impl Attention {
 
         let (k, v) = match cache {
             Some(cache) => {
-                let (k, v) = match cache.kv.take() {
+                let (k, v) = match cache.take_tensors(q.device(), q.dtype())? {
                     Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                     None => (k, v),
                 };
-                cache.kv = Some((k.clone(), v.clone()));
+                cache.kv = Kv::Tensors(k.clone(), v.clone());
                 (k, v)
             }
             None => (k, v),
@@ -497,8 +672,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let [gate, up] =
+            crate::backend::array(Proj::forward_many(&[&self.gate_proj, &self.up_proj], x)?)?;
+        self.down_proj
+            .forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
@@ -834,8 +1011,8 @@ mod tests {
     use crate::config::Architecture;
     use candle_nn::VarMap;
 
-    fn tiny(arch: Architecture, tied: bool) -> (Decoder, VarMap) {
-        let cfg = ModelConfig {
+    fn tiny_config(arch: Architecture, tied: bool) -> ModelConfig {
+        ModelConfig {
             architecture: arch,
             vocab_size: 61,
             hidden_size: 32,
@@ -851,7 +1028,11 @@ mod tests {
             qkv_bias: arch == Architecture::Qwen2,
             bos_token_id: None,
             eos_token_ids: vec![0],
-        };
+        }
+    }
+
+    fn tiny(arch: Architecture, tied: bool) -> (Decoder, VarMap) {
+        let cfg = tiny_config(arch, tied);
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let d = Decoder::new(&cfg, vb).unwrap();
@@ -863,7 +1044,18 @@ mod tests {
                 var.set(&t).unwrap();
             }
         }
-        (d, varmap)
+        // Inference weights are plain tensors (the host kernels skip anything that tracks
+        // gradients); `d` keeps the variables, as training sees them.
+        let plain: std::collections::HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+            .collect();
+        drop(d);
+        let vb = VarBuilder::from_tensors(plain, DType::F32, &Device::Cpu);
+        (Decoder::new(&cfg, vb).unwrap(), varmap)
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -1000,6 +1192,41 @@ mod tests {
                 assert!(max_diff(&normed.narrow(0, i, 1).unwrap(), &h) < 1e-5);
                 assert_eq!(cache.len(), batched[i].len());
             }
+        }
+    }
+
+    #[test]
+    fn host_kernels_match_the_tensor_path_and_caches_convert_between_them() {
+        for (arch, tied) in [(Architecture::Qwen2, true), (Architecture::Llama, false)] {
+            let (plain, vm) = tiny(arch, tied);
+            let vars = Decoder::new(
+                &tiny_config(arch, tied),
+                VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            let ids = Tensor::new(&[[3u32, 17, 5, 42, 9], [1, 2, 60, 7, 8]], &Device::Cpu).unwrap();
+            let a = plain.forward(&ids, None, false, true, Path::Fused).unwrap();
+            let b = vars.forward(&ids, None, false, true, Path::Fused).unwrap();
+            assert!(max_diff(&a.logits, &b.logits) < 1e-5, "{arch:?}");
+            // A cache filled by one path continues under the other, both ways.
+            let prefix = ids.narrow(1, 0, 3).unwrap();
+            let mut c1 = plain.new_cache();
+            let mut c2 = plain.new_cache();
+            plain.forward(&prefix, Some(&mut c1), true, false, Path::Fused).unwrap();
+            vars.forward(&prefix, Some(&mut c2), true, false, Path::Fused).unwrap();
+            assert_eq!(c1.len(), 3);
+            assert!(matches!(c1.layers[0].kv, Kv::Host(_)), "the host kernels ran");
+            assert!(matches!(c2.layers[0].kv, Kv::Tensors(..)), "the tensor path ran");
+            for i in 3..5 {
+                let x = ids.narrow(1, i, 1).unwrap();
+                let y1 = vars.forward(&x, Some(&mut c1), true, false, Path::Fused).unwrap();
+                let y2 = plain.forward(&x, Some(&mut c2), true, false, Path::Fused).unwrap();
+                let want = b.logits.narrow(1, i, 1).unwrap();
+                assert!(max_diff(&y1.logits, &want) < 1e-5, "{arch:?} {i}");
+                assert!(max_diff(&y2.logits, &want) < 1e-5, "{arch:?} {i}");
+            }
+            assert_eq!(c1.len(), 5);
+            assert_eq!(c1.bytes(), c2.bytes());
         }
     }
 

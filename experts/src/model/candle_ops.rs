@@ -38,6 +38,10 @@ impl Ops for CandleOps {
         w.forward(x)
     }
 
+    fn linears<const N: usize>(&self, ws: [&Proj; N], x: &Tensor) -> Result<[Tensor; N]> {
+        crate::backend::array(Proj::forward_many(&ws, x)?)
+    }
+
     fn rms_norm(&self, w: &RmsNorm, x: &Tensor) -> Result<Tensor> {
         w.forward(x, self.path)
     }
@@ -117,7 +121,7 @@ impl Ops for CandleOps {
     }
 
     fn cache_len(&self, cache: &LayerCache) -> usize {
-        cache.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        cache.len()
     }
 
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
