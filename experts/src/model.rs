@@ -30,6 +30,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
@@ -135,6 +136,15 @@ pub(crate) enum Proj {
         b: Tensor,
         scale: f64,
     },
+    /// Output features `start..start + len` of `whole`, a matrix of `rows` features that
+    /// stacks several projections of the same input (q/k/v, gate/up), so that quantized
+    /// weights run them as one matmul ([`Proj::forward_many`]).
+    Part {
+        whole: Arc<Proj>,
+        rows: usize,
+        start: usize,
+        len: usize,
+    },
 }
 
 impl Proj {
@@ -160,6 +170,32 @@ impl Proj {
                 let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
                 Ok((crate::lora::frozen_linear(base, x)? + (low * *scale)?)?)
             }
+            Self::Part {
+                whole, start, len, ..
+            } => Ok(whole.forward(x)?.narrow(D::Minus1, *start, *len)?),
+        }
+    }
+
+    /// When `projs` are the parts of one stacked matrix, in order: that matrix.
+    fn stacked<'a>(projs: &[&'a Self]) -> Option<&'a Arc<Proj>> {
+        let mut next = 0;
+        let mut shared: Option<&Arc<Proj>> = None;
+        for p in projs {
+            let Self::Part {
+                whole, start, len, ..
+            } = p
+            else {
+                return None;
+            };
+            if *start != next || shared.is_some_and(|w| !Arc::ptr_eq(w, whole)) {
+                return None;
+            }
+            shared = Some(whole);
+            next += len;
+        }
+        match projs.first() {
+            Some(Self::Part { rows, .. }) if *rows == next => shared,
+            _ => None,
         }
     }
 
@@ -168,6 +204,18 @@ impl Proj {
     pub(crate) fn forward_many(projs: &[&Self], x: &Tensor) -> Result<Vec<Tensor>> {
         if let Some(ys) = Self::forward_host(projs, x)? {
             return Ok(ys);
+        }
+        if let Some(whole) = Self::stacked(projs) {
+            let y = whole.forward(x)?;
+            return projs
+                .iter()
+                .map(|p| match p {
+                    Self::Part { start, len, .. } => {
+                        Ok(y.narrow(D::Minus1, *start, *len)?.contiguous()?)
+                    }
+                    _ => p.forward(x),
+                })
+                .collect();
         }
         projs.iter().map(|p| p.forward(x)).collect()
     }
@@ -244,7 +292,65 @@ impl Proj {
             Self::Lora { base, a, b, .. } => {
                 dense(base.weight()) + base.bias().map_or(0, dense) + dense(a) + dense(b)
             }
+            Self::Part {
+                whole, rows, len, ..
+            } => whole.bytes() * len / (*rows).max(1),
         }
+    }
+
+    /// Stacks dense projections of the same input into one quantized matrix and returns its
+    /// parts, in order; `None` (nothing changed) when they are not all dense with one input
+    /// width that the format's blocks divide.
+    fn quantize_stacked(projs: &[&Self], ggml: GgmlDType) -> Result<Option<Vec<Self>>> {
+        let mut weights = Vec::with_capacity(projs.len());
+        let mut biases = Vec::with_capacity(projs.len());
+        for p in projs {
+            let Self::Dense(l) = p else { return Ok(None) };
+            weights.push(l.weight().clone());
+            biases.push(l.bias().cloned());
+        }
+        let Some(first) = weights.first() else {
+            return Ok(None);
+        };
+        let k = first.dim(1)?;
+        if k % ggml.block_size() != 0 || weights.iter().any(|w| w.dim(1).ok() != Some(k)) {
+            return Ok(None);
+        }
+        let lens: Vec<usize> = weights.iter().map(|w| w.dim(0)).collect::<candle_core::Result<_>>()?;
+        let bias = if biases.iter().any(Option::is_some) {
+            let parts = biases
+                .iter()
+                .zip(&weights)
+                .map(|(b, w)| match b {
+                    Some(b) => Ok(b.clone()),
+                    None => w.narrow(1, 0, 1)?.squeeze(1)?.zeros_like(),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        let mut whole = Self::Dense(Linear::new(Tensor::cat(&weights, 0)?, bias));
+        if !whole.quantize(ggml)? {
+            return Ok(None);
+        }
+        let rows = lens.iter().sum();
+        let whole = Arc::new(whole);
+        let mut start = 0;
+        Ok(Some(
+            lens.into_iter()
+                .map(|len| {
+                    let part = Self::Part {
+                        whole: whole.clone(),
+                        rows,
+                        start,
+                        len,
+                    };
+                    start += len;
+                    part
+                })
+                .collect(),
+        ))
     }
 
     /// Requantizes a dense projection; one whose input width is not a multiple of the
@@ -769,6 +875,21 @@ impl Decoder {
         for layer in &mut self.layers {
             let a = &mut layer.self_attn;
             let m = &mut layer.mlp;
+            // q/k/v and gate/up each become one stacked matrix: one quantization of the input
+            // and one dispatch instead of three and two.
+            if let Some([q, k, v]) =
+                Proj::quantize_stacked(&[&a.q_proj, &a.k_proj, &a.v_proj], ggml)?
+                    .and_then(|p| <[Proj; 3]>::try_from(p).ok())
+            {
+                (a.q_proj, a.k_proj, a.v_proj) = (q, k, v);
+                n += 3;
+            }
+            if let Some([g, u]) = Proj::quantize_stacked(&[&m.gate_proj, &m.up_proj], ggml)?
+                .and_then(|p| <[Proj; 2]>::try_from(p).ok())
+            {
+                (m.gate_proj, m.up_proj) = (g, u);
+                n += 2;
+            }
             for p in [
                 &mut a.q_proj,
                 &mut a.k_proj,
@@ -1227,6 +1348,35 @@ mod tests {
             }
             assert_eq!(c1.len(), 5);
             assert_eq!(c1.bytes(), c2.bytes());
+        }
+    }
+
+    #[test]
+    fn stacked_quantized_projections_compute_what_separate_ones_do() {
+        for (arch, tied) in [(Architecture::Qwen2, true), (Architecture::Llama, false)] {
+            let (dense, _vm) = tiny(arch, tied);
+            let mut stacked = dense.clone();
+            let n = stacked.quantize(WeightFormat::Q8_0).unwrap();
+            // q/k/v/o and gate/up of 3 layers (down's input, 48 wide, is not blocks of 32),
+            // plus the LM head.
+            assert_eq!(n, 3 * 6 + 1, "{arch:?}");
+            assert!(matches!(stacked.layers[0].self_attn.q_proj, Proj::Part { .. }));
+            assert!(matches!(stacked.layers[0].mlp.up_proj, Proj::Part { .. }));
+            let mut separate = dense.clone();
+            for (_, p) in separate.projections_mut() {
+                p.quantize(GgmlDType::Q8_0).unwrap();
+            }
+            separate.lm_head_mut().quantize(GgmlDType::Q8_0).unwrap();
+            assert_eq!(stacked.weight_bytes_per_step(), separate.weight_bytes_per_step());
+            let ids = Tensor::new(&[[3u32, 17, 5, 42], [1, 2, 60, 7]], &Device::Cpu).unwrap();
+            let a = stacked.forward(&ids, None, false, true, Path::Fused).unwrap();
+            let b = separate.forward(&ids, None, false, true, Path::Fused).unwrap();
+            assert!(max_diff(&a.logits, &b.logits) < 1e-5, "{arch:?}");
+            // A part alone computes its rows of the stack.
+            let x = a.hidden_states.unwrap()[1].clone();
+            let (sa, sb) = (&stacked.layers[1].self_attn, &separate.layers[1].self_attn);
+            let d = max_diff(&sa.k_proj.forward(&x).unwrap(), &sb.k_proj.forward(&x).unwrap());
+            assert!(d < 1e-5, "{arch:?}: {d}");
         }
     }
 

@@ -114,14 +114,10 @@ pub fn read_bandwidth() -> f64 {
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
-                        // Eight independent lanes so the loop is bound by loads, not adds.
-                        let mut acc = [0u64; 8];
-                        for block in part.chunks_exact(8) {
-                            for (a, x) in acc.iter_mut().zip(block) {
-                                *a = a.wrapping_add(*x);
-                            }
-                        }
-                        acc.iter().fold(0u64, |s, a| s.wrapping_add(*a))
+                        // A plain integer sum: the compiler vectorises it with several
+                        // accumulators, so the loop is bound by loads. (A hand-laned version
+                        // compiled for AVX-512 ran at a fifth of the bandwidth.)
+                        part.iter().fold(0u64, |s, &x| s.wrapping_add(x))
                     })
                 })
                 .collect();

@@ -99,6 +99,10 @@ fn tile<const R: usize, const C: usize>(w: [&[f32]; R], x: [&[f32]; C]) -> [[f32
 /// Output features `rows` (weight rows, each `k` long) for every input row of `x` (`m × k`),
 /// written feature-major into `dst` (`rows.len() / k × m`).
 fn block(w: &[f32], x: &[f32], m: usize, k: usize, dst: &mut [f32]) {
+    // Bring the block in from memory first, one independent load per cache line: a pure read
+    // stream runs at the memory's pace, while loads interleaved with the FMAs fall far behind
+    // it (measured: the 49,152 × 576 LM head at 8 rows, 20 ms → 11 ms on one core).
+    std::hint::black_box(w.iter().step_by(16).fold(0f32, |a, &b| a + b));
     let n = w.len() / k;
     let wrow = |r: usize| &w[r * k..(r + 1) * k];
     let xrow = |c: usize| &x[c * k..(c + 1) * k];
@@ -116,36 +120,25 @@ fn block(w: &[f32], x: &[f32], m: usize, k: usize, dst: &mut [f32]) {
         }
         return;
     }
+    let full = m / 4 * 4;
     let mut r = 0;
-    while r < n {
-        let two = r + 2 <= n;
-        let mut c = 0;
-        while c < m {
-            let four = c + 4 <= m;
-            match (two, four) {
-                (true, true) => {
-                    let y = tile::<2, 4>(
-                        [wrow(r), wrow(r + 1)],
-                        std::array::from_fn(|j| xrow(c + j)),
-                    );
-                    for (i, row) in y.iter().enumerate() {
-                        dst[(r + i) * m + c..(r + i) * m + c + 4].copy_from_slice(row);
-                    }
-                }
-                (true, false) => {
-                    let y = tile::<2, 1>([wrow(r), wrow(r + 1)], [xrow(c)]);
-                    dst[r * m + c] = y[0][0];
-                    dst[(r + 1) * m + c] = y[1][0];
-                }
-                (false, true) => {
-                    let y = tile::<1, 4>([wrow(r)], std::array::from_fn(|j| xrow(c + j)));
-                    dst[r * m + c..r * m + c + 4].copy_from_slice(&y[0]);
-                }
-                (false, false) => dst[r * m + c] = tile::<1, 1>([wrow(r)], [xrow(c)])[0][0],
-            }
-            c += if four { 4 } else { 1 };
+    while r + 2 <= n {
+        for c in (0..full).step_by(4) {
+            let y = tile::<2, 4>([wrow(r), wrow(r + 1)], std::array::from_fn(|j| xrow(c + j)));
+            dst[r * m + c..r * m + c + 4].copy_from_slice(&y[0]);
+            dst[(r + 1) * m + c..(r + 1) * m + c + 4].copy_from_slice(&y[1]);
         }
-        r += if two { 2 } else { 1 };
+        for c in full..m {
+            let y = tile::<2, 1>([wrow(r), wrow(r + 1)], [xrow(c)]);
+            dst[r * m + c] = y[0][0];
+            dst[(r + 1) * m + c] = y[1][0];
+        }
+        r += 2;
+    }
+    if r < n {
+        for c in 0..m {
+            dst[r * m + c] = tile::<1, 1>([wrow(r)], [xrow(c)])[0][0];
+        }
     }
 }
 
