@@ -23,8 +23,13 @@
 //!
 //! The projections (q/k/v/o, gate/up/down, LM head) are `Proj`s: dense candle `Linear`s
 //! as loaded, or, after [`Decoder::quantize`], candle `QMatMul`s over GGML blocks
-//! ([`WeightFormat`]). Either way the same layer code runs, so fusion's hidden states and
-//! continuous batching work on quantized weights too. Embeddings and norms stay dense.
+//! ([`WeightFormat`]; q/k/v and gate/up stacked into one matrix each). Either way the same
+//! layer code runs, so fusion's hidden states and continuous batching work on quantized
+//! weights too. Embeddings and norms stay dense.
+//!
+//! On the CPU, inference in f32 takes host kernels for the hot parts of a decode step
+//! (`host`: few-row projections and attention over a host KV cache); training, other
+//! devices and dtypes, and anything that tracks gradients take candle's ops.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
@@ -52,8 +57,10 @@ pub enum Path {
 /// How projection weights are held at run time.
 ///
 /// Candle 0.11.1 has AVX2 dot products for Q4_0, Q8_0 and the K-quants only; Q4_1 runs a
-/// scalar loop on x86. K-quants need input dimensions that are multiples of 256, which
-/// SmolLM2's hidden size (576) is not, so they are not offered.
+/// plain loop on x86, which the compiler vectorises only when building for a CPU with AVX2
+/// (this workspace builds for the host CPU: `.cargo/config.toml`). K-quants need input
+/// dimensions that are multiples of 256, which SmolLM2's hidden size (576) is not, so they
+/// are not offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WeightFormat {
     /// Dense, in the dtype the weights were loaded in (f32 on CPU).
@@ -66,7 +73,8 @@ pub enum WeightFormat {
     /// 4-bit blocks of 32 with an f16 scale (4.5 bits per weight).
     #[serde(rename = "q4_0")]
     Q4_0,
-    /// 4-bit blocks of 32 with an f16 scale and minimum (5 bits per weight; scalar on x86).
+    /// 4-bit blocks of 32 with an f16 scale and minimum (5 bits per weight; no hand-written
+    /// x86 kernel in candle).
     #[serde(rename = "q4_1")]
     Q4_1,
 }
@@ -244,7 +252,12 @@ impl Proj {
         let ys = host::with_f32(&x, |xs| {
             let guards: Vec<_> = linears
                 .iter()
-                .map(|l| (l.weight().storage_and_layout(), l.bias().map(Tensor::storage_and_layout)))
+                .map(|l| {
+                    (
+                        l.weight().storage_and_layout(),
+                        l.bias().map(Tensor::storage_and_layout),
+                    )
+                })
                 .collect();
             let mats: Option<Vec<host::Matrix<'_>>> = guards
                 .iter()
@@ -316,7 +329,10 @@ impl Proj {
         if k % ggml.block_size() != 0 || weights.iter().any(|w| w.dim(1).ok() != Some(k)) {
             return Ok(None);
         }
-        let lens: Vec<usize> = weights.iter().map(|w| w.dim(0)).collect::<candle_core::Result<_>>()?;
+        let lens: Vec<usize> = weights
+            .iter()
+            .map(|w| w.dim(0))
+            .collect::<candle_core::Result<_>>()?;
         let bias = if biases.iter().any(Option::is_some) {
             let parts = biases
                 .iter()
@@ -493,7 +509,12 @@ impl LayerCache {
     }
 
     /// The cache as host buffers for a batch of `batch`, converting tensors.
-    fn take_host(&mut self, batch: usize, kv_heads: usize, head_dim: usize) -> Result<host::HostKv> {
+    fn take_host(
+        &mut self,
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<host::HostKv> {
         let h = match std::mem::take(&mut self.kv) {
             Kv::Empty => host::HostKv::new(batch, kv_heads, head_dim),
             Kv::Tensors(k, v) => host::HostKv::from_tensors(&k, &v)?,
@@ -681,7 +702,11 @@ impl Attention {
             c.kv = Kv::Host(h);
         }
         let y = y.ok_or_else(|| ExpertError::InvalidRequest("attention inputs moved".into()))?;
-        Ok(Some(Tensor::from_vec(y, (b, t, self.heads * self.head_dim), q.device())?))
+        Ok(Some(Tensor::from_vec(
+            y,
+            (b, t, self.heads * self.head_dim),
+            q.device(),
+        )?))
     }
 
     /// Rotary embedding, cache update and scaled dot-product attention for projected
@@ -1333,15 +1358,28 @@ mod tests {
             let prefix = ids.narrow(1, 0, 3).unwrap();
             let mut c1 = plain.new_cache();
             let mut c2 = plain.new_cache();
-            plain.forward(&prefix, Some(&mut c1), true, false, Path::Fused).unwrap();
-            vars.forward(&prefix, Some(&mut c2), true, false, Path::Fused).unwrap();
+            plain
+                .forward(&prefix, Some(&mut c1), true, false, Path::Fused)
+                .unwrap();
+            vars.forward(&prefix, Some(&mut c2), true, false, Path::Fused)
+                .unwrap();
             assert_eq!(c1.len(), 3);
-            assert!(matches!(c1.layers[0].kv, Kv::Host(_)), "the host kernels ran");
-            assert!(matches!(c2.layers[0].kv, Kv::Tensors(..)), "the tensor path ran");
+            assert!(
+                matches!(c1.layers[0].kv, Kv::Host(_)),
+                "the host kernels ran"
+            );
+            assert!(
+                matches!(c2.layers[0].kv, Kv::Tensors(..)),
+                "the tensor path ran"
+            );
             for i in 3..5 {
                 let x = ids.narrow(1, i, 1).unwrap();
-                let y1 = vars.forward(&x, Some(&mut c1), true, false, Path::Fused).unwrap();
-                let y2 = plain.forward(&x, Some(&mut c2), true, false, Path::Fused).unwrap();
+                let y1 = vars
+                    .forward(&x, Some(&mut c1), true, false, Path::Fused)
+                    .unwrap();
+                let y2 = plain
+                    .forward(&x, Some(&mut c2), true, false, Path::Fused)
+                    .unwrap();
                 let want = b.logits.narrow(1, i, 1).unwrap();
                 assert!(max_diff(&y1.logits, &want) < 1e-5, "{arch:?} {i}");
                 assert!(max_diff(&y2.logits, &want) < 1e-5, "{arch:?} {i}");
@@ -1360,22 +1398,35 @@ mod tests {
             // q/k/v/o and gate/up of 3 layers (down's input, 48 wide, is not blocks of 32),
             // plus the LM head.
             assert_eq!(n, 3 * 6 + 1, "{arch:?}");
-            assert!(matches!(stacked.layers[0].self_attn.q_proj, Proj::Part { .. }));
+            assert!(matches!(
+                stacked.layers[0].self_attn.q_proj,
+                Proj::Part { .. }
+            ));
             assert!(matches!(stacked.layers[0].mlp.up_proj, Proj::Part { .. }));
             let mut separate = dense.clone();
             for (_, p) in separate.projections_mut() {
                 p.quantize(GgmlDType::Q8_0).unwrap();
             }
             separate.lm_head_mut().quantize(GgmlDType::Q8_0).unwrap();
-            assert_eq!(stacked.weight_bytes_per_step(), separate.weight_bytes_per_step());
+            assert_eq!(
+                stacked.weight_bytes_per_step(),
+                separate.weight_bytes_per_step()
+            );
             let ids = Tensor::new(&[[3u32, 17, 5, 42], [1, 2, 60, 7]], &Device::Cpu).unwrap();
-            let a = stacked.forward(&ids, None, false, true, Path::Fused).unwrap();
-            let b = separate.forward(&ids, None, false, true, Path::Fused).unwrap();
+            let a = stacked
+                .forward(&ids, None, false, true, Path::Fused)
+                .unwrap();
+            let b = separate
+                .forward(&ids, None, false, true, Path::Fused)
+                .unwrap();
             assert!(max_diff(&a.logits, &b.logits) < 1e-5, "{arch:?}");
             // A part alone computes its rows of the stack.
             let x = a.hidden_states.unwrap()[1].clone();
             let (sa, sb) = (&stacked.layers[1].self_attn, &separate.layers[1].self_attn);
-            let d = max_diff(&sa.k_proj.forward(&x).unwrap(), &sb.k_proj.forward(&x).unwrap());
+            let d = max_diff(
+                &sa.k_proj.forward(&x).unwrap(),
+                &sb.k_proj.forward(&x).unwrap(),
+            );
             assert!(d < 1e-5, "{arch:?}: {d}");
         }
     }

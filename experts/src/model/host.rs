@@ -96,8 +96,8 @@ fn tile<const R: usize, const C: usize>(w: [&[f32]; R], x: [&[f32]; C]) -> [[f32
     out
 }
 
-/// Output features `rows` (weight rows, each `k` long) for every input row of `x` (`m × k`),
-/// written feature-major into `dst` (`rows.len() / k × m`).
+/// The output features of the weight rows `w` (each `k` long) for every input row of `x`
+/// (`m × k`), written feature-major into `dst` (`w.len() / k × m`).
 fn block(w: &[f32], x: &[f32], m: usize, k: usize, dst: &mut [f32]) {
     // Bring the block in from memory first, one independent load per cache line: a pure read
     // stream runs at the memory's pace, while loads interleaved with the FMAs fall far behind
@@ -110,13 +110,13 @@ fn block(w: &[f32], x: &[f32], m: usize, k: usize, dst: &mut [f32]) {
         let mut r = 0;
         while r + 4 <= n {
             let y = tile::<4, 1>(std::array::from_fn(|j| wrow(r + j)), [xrow(0)]);
-            for j in 0..4 {
-                dst[r + j] = y[j][0];
+            for (d, y) in dst[r..r + 4].iter_mut().zip(y) {
+                *d = y[0];
             }
             r += 4;
         }
-        for r in r..n {
-            dst[r] = tile::<1, 1>([wrow(r)], [xrow(0)])[0][0];
+        for (i, d) in dst[r..n].iter_mut().enumerate() {
+            *d = tile::<1, 1>([wrow(r + i)], [xrow(0)])[0][0];
         }
         return;
     }
@@ -257,11 +257,13 @@ impl HostKv {
         let (g, d, len) = (self.kv_heads, self.head_dim, self.len);
         let stack = |rows: &[Vec<f32>]| -> Result<Tensor> {
             let all: Vec<f32> = rows.iter().flatten().copied().collect();
-            Ok(Tensor::from_vec(all, (rows.len(), len, g, d), &Device::Cpu)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .to_dtype(dtype)?
-                .to_device(device)?)
+            Ok(
+                Tensor::from_vec(all, (rows.len(), len, g, d), &Device::Cpu)?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .to_dtype(dtype)?
+                    .to_device(device)?,
+            )
         };
         Ok((stack(&self.k)?, stack(&self.v)?))
     }
@@ -302,7 +304,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
     let body = x.len() - x.len() % LANES;
     let wv = f32x8::splat(w);
-    for (yc, xc) in y[..body].chunks_exact_mut(LANES).zip(x[..body].chunks_exact(LANES)) {
+    for (yc, xc) in y[..body]
+        .chunks_exact_mut(LANES)
+        .zip(x[..body].chunks_exact(LANES))
+    {
         yc.copy_from_slice(wv.mul_add(load(xc), load(yc)).as_array_ref());
     }
     for j in body..x.len() {
@@ -414,9 +419,19 @@ mod tests {
     fn linears_match_a_naive_matmul_for_every_tile_shape() {
         // Odd sizes exercise every tile remainder: rows not a multiple of 4, features not a
         // multiple of 2 or of the block, widths not a multiple of the lanes.
-        for (m, k, n) in [(1, 37, 67), (3, 16, 5), (5, 70, 33), (8, 576, 64), (16, 33, 1)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0).collect();
+        for (m, k, n) in [
+            (1, 37, 67),
+            (3, 16, 5),
+            (5, 70, 33),
+            (8, 576, 64),
+            (16, 33, 1),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0)
+                .collect();
             let bias: Vec<f32> = (0..n).map(|i| i as f32 / 10.0).collect();
             let got = linears(
                 &x,
