@@ -666,46 +666,42 @@ impl Attention {
         offset: usize,
     ) -> Result<Option<Tensor>> {
         let (b, t, _) = q.dims3()?;
-        let all = [q, k, v, &rotary.cos, &rotary.sin];
-        if !all.iter().all(|x| x.is_contiguous() && host::eligible(x)) {
+        if ![q, k, v].into_iter().all(host::eligible) {
             return Ok(None);
         }
-        let mut kv = match cache {
-            Some(c) => Some((c.take_host(b, self.kv_heads, self.head_dim)?, c)),
-            None => None,
+        let guards: Vec<_> = [q, k, v, &rotary.cos, &rotary.sin]
+            .iter()
+            .map(|x| x.storage_and_layout())
+            .collect();
+        let slices: Option<Vec<&[f32]>> =
+            guards.iter().map(|(s, l)| host::f32_slice(s, l)).collect();
+        let Some([q, k, v, cos, sin]) = slices.and_then(|s| <[&[f32]; 5]>::try_from(s).ok()) else {
+            return Ok(None);
         };
-        let mut scratch = host::HostKv::new(b, self.kv_heads, self.head_dim);
-        let target = kv.as_mut().map_or(&mut scratch, |(h, _)| h);
-        let y = host::with_f32(q, |q| {
-            host::with_f32(k, |k| {
-                host::with_f32(v, |v| {
-                    host::with_f32(&rotary.cos, |cos| {
-                        host::with_f32(&rotary.sin, |sin| {
-                            let spec = host::AttnSpec {
-                                heads: self.heads,
-                                kv_heads: self.kv_heads,
-                                head_dim: self.head_dim,
-                                cos,
-                                sin,
-                            };
-                            host::attend(q, k, v, t, offset, &spec, target)
-                        })
-                    })
-                })
-            })
-        })
-        .flatten()
-        .flatten()
-        .flatten()
-        .flatten();
-        if let Some((h, c)) = kv {
-            c.kv = Kv::Host(h);
-        }
-        let y = y.ok_or_else(|| ExpertError::InvalidRequest("attention inputs moved".into()))?;
+        let spec = host::AttnSpec {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            cos,
+            sin,
+        };
+        let y = match cache {
+            Some(c) => {
+                let mut kv = c.take_host(b, self.kv_heads, self.head_dim)?;
+                let y = host::attend(q, k, v, t, offset, &spec, &mut kv);
+                c.kv = Kv::Host(kv);
+                y
+            }
+            None => {
+                let mut scratch = host::HostKv::new(b, self.kv_heads, self.head_dim);
+                host::attend(q, k, v, t, offset, &spec, &mut scratch)
+            }
+        };
+        // `eligible` held: the inputs are on the CPU.
         Ok(Some(Tensor::from_vec(
             y,
             (b, t, self.heads * self.head_dim),
-            q.device(),
+            &Device::Cpu,
         )?))
     }
 
