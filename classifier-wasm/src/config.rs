@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::combined::CombinedClassifier;
 use crate::error::{ClassifierError, Result};
 use crate::features::FeatureConfig;
 use crate::learned::LearnedClassifier;
@@ -37,7 +38,7 @@ fn default_categories() -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierSettings {
-    /// `rule_based` or `learned`.
+    /// `rule_based`, `learned` or `combined`.
     #[serde(rename = "type")]
     pub kind: ClassifierKind,
     /// The seed's key for an encoder-backed learned classifier (a local model directory).
@@ -147,13 +148,27 @@ impl HybridConfig {
         Ok(rules)
     }
 
-    /// Builds the classifier the config asks for; `kind` and `checkpoint` override it.
+    /// Builds the classifier the config asks for; `kind` and `checkpoint` override it. A
+    /// checkpoint given without a kind is read by the learned classifier, or by the
+    /// combined one when the config asks for that and the directory holds a combiner
+    /// (never by the rule-based one, which reads no checkpoint).
     pub fn build_classifier(
         &self,
         kind: Option<ClassifierKind>,
         checkpoint: Option<&Path>,
     ) -> Result<Box<dyn Classifier>> {
-        match kind.unwrap_or(self.classifier.kind) {
+        let kind = match (kind, checkpoint) {
+            (Some(kind), _) => kind,
+            (None, Some(dir))
+                if self.classifier.kind == ClassifierKind::Combined
+                    && dir.join(crate::combined::COMBINER_FILE).is_file() =>
+            {
+                ClassifierKind::Combined
+            }
+            (None, Some(_)) => ClassifierKind::Learned,
+            (None, None) => self.classifier.kind,
+        };
+        match kind {
             ClassifierKind::RuleBased => Ok(Box::new(RuleBasedClassifier::new(self.rule_set()?)?)),
             ClassifierKind::Learned => {
                 let dir = checkpoint.unwrap_or(&self.classifier.checkpoint_dir);
@@ -161,6 +176,15 @@ impl HybridConfig {
                     dir,
                     &self.categories,
                     &self.classifier.features,
+                )?))
+            }
+            ClassifierKind::Combined => {
+                let dir = checkpoint.unwrap_or(&self.classifier.checkpoint_dir);
+                Ok(Box::new(CombinedClassifier::load_checked(
+                    dir,
+                    &self.categories,
+                    &self.classifier.features,
+                    RuleBasedClassifier::new(self.rule_set()?)?,
                 )?))
             }
         }

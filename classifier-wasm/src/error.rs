@@ -33,13 +33,10 @@ pub enum ClassifierError {
     #[error("training failed: {0}")]
     Training(String),
 
-    /// An I/O error, with the path it concerned.
-    #[error("{}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O error, with the path it concerned. The OS error is part of the message and
+    /// not chained as a `source`, so `{:#}` chains do not print it twice.
+    #[error("{}: {error}", .path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 fn source_suffix(file: &Option<PathBuf>) -> String {
@@ -68,7 +65,7 @@ impl ClassifierError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -19,6 +19,8 @@ pub const MAX_INPUT_CHARS: usize = 4096;
 pub enum ClassifierKind {
     RuleBased,
     Learned,
+    /// The learned model and the rule tables, mixed by a calibrated layer.
+    Combined,
 }
 
 impl ClassifierKind {
@@ -26,6 +28,7 @@ impl ClassifierKind {
         match self {
             Self::RuleBased => "rule_based",
             Self::Learned => "learned",
+            Self::Combined => "combined",
         }
     }
 }
@@ -37,10 +40,11 @@ impl std::str::FromStr for ClassifierKind {
         match s {
             "rule_based" | "rule-based" | "rules" => Ok(Self::RuleBased),
             "learned" => Ok(Self::Learned),
+            "combined" => Ok(Self::Combined),
             other => Err(ClassifierError::config(
                 "hybrid.classifier.type",
                 format!(
-                    "unknown classifier type {other:?}; expected \"rule_based\" or \"learned\""
+                    "unknown classifier type {other:?}; expected \"rule_based\", \"learned\" or \"combined\""
                 ),
             )),
         }
@@ -70,7 +74,7 @@ pub trait Classifier: Send + Sync + std::fmt::Debug {
     /// A short identifier of the exact rules or weights, e.g. `learned-3f9a0c1d2e4b5a69`.
     fn version(&self) -> &str;
 
-    /// Rule-based or learned.
+    /// Rule-based, learned or combined.
     fn kind(&self) -> ClassifierKind;
 }
 

@@ -136,6 +136,7 @@ pub struct RuleBasedClassifier {
     tables: Vec<Vec<CompiledKeyword>>,
     temperature: f32,
     version: String,
+    tables_version: String,
 }
 
 fn count_matches(haystack: &str, kw: &CompiledKeyword) -> usize {
@@ -164,6 +165,11 @@ impl RuleBasedClassifier {
         let canonical = serde_json::to_string(&rules)
             .map_err(|e| ClassifierError::config("rules", e.to_string()))?;
         let version = format!("rules-{:016x}", fnv1a(0, canonical.as_bytes()));
+        // The keyword tables alone (not the temperature): what a combined classifier's
+        // layer was fitted on, since it reads the raw scores.
+        let tables = serde_json::to_string(&rules.categories)
+            .map_err(|e| ClassifierError::config("rules", e.to_string()))?;
+        let tables_version = format!("tables-{:016x}", fnv1a(0, tables.as_bytes()));
         let tables = rules
             .categories
             .iter()
@@ -188,7 +194,14 @@ impl RuleBasedClassifier {
             tables,
             temperature: rules.temperature,
             version,
+            tables_version,
         })
+    }
+
+    /// A fingerprint of the keyword tables (categories, keywords, weights), without the
+    /// temperature.
+    pub fn tables_version(&self) -> &str {
+        &self.tables_version
     }
 
     /// The raw (pre-softmax) score of every category.

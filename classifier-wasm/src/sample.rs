@@ -3,10 +3,14 @@
 //!
 //! Two classes are generated:
 //!
-//! * label 0, **reasoning**: arithmetic, word problems, percentages, rates,
-//!   logic puzzles, analysis and trade-offs, Fermi estimates, planning,
-//!   unit conversions, probability, combinatorics, proofs, finance maths and
-//!   algorithm reasoning.
+//! * label 0, **reasoning** (everything the foundation model answers):
+//!   arithmetic, word problems, percentages, rates, logic puzzles, analysis and
+//!   trade-offs, Fermi estimates, planning, unit conversions, probability,
+//!   combinatorics, proofs, finance maths and algorithm reasoning; and general
+//!   requests: world facts, science explained, word meanings, history, nature,
+//!   everyday advice, cooking, travel, chit-chat, writing and editing,
+//!   translation, programming how-to, opinions, and general questions that use
+//!   support words ("what is a refund in accounting?").
 //! * label 1, **sop**: standard operating procedures for customer service,
 //!   sales and technical support (returns, refunds, exchanges, password
 //!   resets, lockouts, 2FA, escalation, billing, subscriptions, onboarding,
@@ -396,6 +400,307 @@ const REASONING: &[Intent] = &[
             "我开了一家小面包店，每天卖{n}个蛋糕，每个{x}元。如果原料成本上涨{pct}%，又想保持原来的利润率，售价应该怎么调？请说明你的假设。",
             "我们团队{a}个工程师每月上线{b}个功能，再招{c}个人，但新人前{a}周效率只有一半，多久以后整体产出才会真正提高？一步步推理。",
             "开车通勤{x}分钟，每天{c}元；坐地铁{big}分钟，每天{a}元。如果我的时间每小时值{y}元，一个月{n}天哪种更划算？",
+        ],
+    },
+];
+
+// ---------------------------------------------------------------------------
+// General requests (label 0): everything else the foundation should answer
+// ---------------------------------------------------------------------------
+
+/// General knowledge, definitions, advice, chit-chat, writing, translation and
+/// how-to questions: no company procedure is asked for, so the foundation model
+/// answers them. They share label 0 with reasoning (the seed's two classes);
+/// several are hard cases that use support words in a general sense.
+const GENERAL: &[Intent] = &[
+    // World facts.
+    Intent {
+        en: &[
+            "What is the capital of {country}?",
+            "what language do people speak in {country}",
+            "Which currency is used in {country}?",
+            "Where exactly is {country} on the map?",
+            "Tell me three interesting facts about {country}.",
+            "What is {city} famous for?",
+            "What continent is {country} in?",
+        ],
+        zh: &[
+            "{zcountry}的首都是哪里？",
+            "{zcountry}人说什么语言",
+            "{zcountry}用的是什么货币？",
+            "给我讲三个关于{zcountry}的有趣知识",
+            "{zcity}有什么出名的？",
+            "{zcountry}在哪个洲？",
+        ],
+    },
+    // Science, explained.
+    Intent {
+        en: &[
+            "Why is the sky blue?",
+            "How does {topic} work?",
+            "Explain {topic} like I'm ten years old.",
+            "Can you give me a simple explanation of {topic}?",
+            "what causes {topic}",
+            "What is the difference between weather and climate?",
+            "Why do we have seasons?",
+            "How do vaccines train the immune system?",
+        ],
+        zh: &[
+            "天空为什么是蓝色的？",
+            "{ztopic}是怎么回事？",
+            "用小学生能听懂的话解释一下{ztopic}",
+            "简单介绍一下{ztopic}的原理",
+            "为什么会有四季？",
+            "天气和气候有什么区别？",
+        ],
+    },
+    // Word meanings and language.
+    Intent {
+        en: &[
+            "What does the word \"{word}\" mean?",
+            "define {word}",
+            "Give me a synonym for {word}.",
+            "What's the opposite of {word}?",
+            "Use \"{word}\" in a sentence, please.",
+            "Is it \"affect\" or \"effect\" in this sentence: the rain will {word} the game?",
+            "How do you pronounce {word}?",
+        ],
+        zh: &[
+            "“{zword}”是什么意思？",
+            "{zword}的近义词有哪些",
+            "“{zword}”的反义词是什么？",
+            "用“{zword}”造个句子",
+            "英语单词 {word} 是什么意思？",
+            "成语“{zidiom}”怎么理解？",
+        ],
+    },
+    // History and people.
+    Intent {
+        en: &[
+            "Who was {person}?",
+            "What is {person} best known for?",
+            "When did the {event} happen?",
+            "Give me a short summary of the {event}.",
+            "why did the {event} matter",
+            "Who invented the telephone?",
+        ],
+        zh: &[
+            "{zperson}是谁？",
+            "{zperson}有哪些主要成就？",
+            "{zevent}是什么时候发生的？",
+            "简单讲讲{zevent}",
+            "{zevent}为什么重要",
+        ],
+    },
+    // Animals and nature.
+    Intent {
+        en: &[
+            "How long do {animal} usually live?",
+            "What do {animal} eat?",
+            "Are {animal} dangerous to humans?",
+            "fun facts about {animal}",
+            "Why do leaves change colour in autumn?",
+            "How many legs does an insect have?",
+        ],
+        zh: &[
+            "{zanimal}一般能活多少年？",
+            "{zanimal}吃什么？",
+            "{zanimal}对人有危险吗",
+            "讲几个关于{zanimal}的冷知识",
+            "秋天树叶为什么会变黄？",
+        ],
+    },
+    // Health and everyday advice.
+    Intent {
+        en: &[
+            "How can I sleep better at night?",
+            "Any tips for staying focused while studying?",
+            "how much water should I drink a day",
+            "What's a good way to start running as a beginner?",
+            "How do I stop procrastinating?",
+            "What are some healthy breakfast ideas?",
+            "I feel stressed before exams. What can I do?",
+        ],
+        zh: &[
+            "晚上总是睡不着，怎么办？",
+            "学习的时候怎么才能更专注？",
+            "一天应该喝多少水",
+            "新手怎么开始跑步？",
+            "怎么改掉拖延症？",
+            "考试前很紧张，有什么办法缓解吗？",
+        ],
+    },
+    // Cooking and home.
+    Intent {
+        en: &[
+            "How do I make {dish}?",
+            "Give me a simple recipe for {dish}.",
+            "How long should I boil an egg for a soft yolk?",
+            "what can I cook with rice, eggs and spinach",
+            "How do I get a red wine stain out of a carpet?",
+            "What's the best way to store fresh herbs?",
+        ],
+        zh: &[
+            "{zdish}怎么做？",
+            "给我一个简单的{zdish}做法",
+            "鸡蛋煮几分钟是溏心的？",
+            "冰箱里只有鸡蛋和西红柿，能做什么菜",
+            "衣服上的油渍怎么洗掉？",
+        ],
+    },
+    // Travel and recommendations.
+    Intent {
+        en: &[
+            "What should I see on a weekend in {city}?",
+            "When is the best time of year to visit {country}?",
+            "Can you recommend a good book about {topic}?",
+            "suggest some movies like Inception",
+            "What are fun things to do on a rainy day?",
+            "Plan a relaxed two-day trip to {city} for me.",
+        ],
+        zh: &[
+            "周末去{zcity}玩，有什么推荐的景点？",
+            "什么季节去{zcountry}旅游最好？",
+            "推荐几本关于{ztopic}的书",
+            "下雨天在家可以做些什么？",
+            "帮我安排一个{zcity}两日游",
+        ],
+    },
+    // Chit-chat and greetings.
+    Intent {
+        en: &[
+            "hi",
+            "Hello! How are you today?",
+            "good morning :)",
+            "Tell me a joke.",
+            "thanks, that was helpful",
+            "Who are you?",
+            "What can you do?",
+            "I'm bored, talk to me.",
+            "what's your favourite colour?",
+        ],
+        zh: &[
+            "你好",
+            "你好呀，今天过得怎么样？",
+            "早上好",
+            "给我讲个笑话",
+            "谢谢你，很有帮助",
+            "你是谁？",
+            "你能做什么？",
+            "好无聊啊，陪我聊聊天",
+        ],
+    },
+    // Writing and editing.
+    Intent {
+        en: &[
+            "Write a short poem about {subject}.",
+            "write a haiku about {subject}",
+            "Can you write a two-sentence story about {subject}?",
+            "Make this sentence sound more polite: send me the file now.",
+            "Help me write a birthday message for my {relative}.",
+            "Write a short email to my manager asking for {day} off.",
+            "Summarize this in one sentence: the meeting moved to {day} because the room was booked.",
+            "Fix the grammar: me and him goes to school every days.",
+        ],
+        zh: &[
+            "写一首关于{zsubject}的短诗",
+            "帮我写一段关于{zsubject}的小故事",
+            "帮我给{zrelative}写一段生日祝福",
+            "帮我写一封邮件，向领导请{zday}的假",
+            "把这句话改得更礼貌一些：赶紧把文件发给我",
+            "帮我润色一下这段话：今天天气很好我们去公园玩了很开心",
+        ],
+    },
+    // Translation.
+    Intent {
+        en: &[
+            "Translate \"{phrase}\" into {tongue}.",
+            "How do you say \"{phrase}\" in {tongue}?",
+            "what is \"{zphrase}\" in English",
+            "Translate this to Chinese: {phrase}",
+            "Is \"{phrase}\" correct English?",
+        ],
+        zh: &[
+            "“{zphrase}”用英语怎么说？",
+            "把“{phrase}”翻译成中文",
+            "“{zphrase}”翻译成{ztongue}是什么？",
+            "这句英文什么意思：{phrase}",
+            "帮我把这句话翻译成英文：{zphrase}",
+        ],
+    },
+    // Programming how-to.
+    Intent {
+        en: &[
+            "How do I reverse a list in {lang}?",
+            "What is a closure in {lang}?",
+            "how to read a file line by line in {lang}",
+            "What's the difference between a process and a thread?",
+            "Explain what a REST API is.",
+            "Write a {lang} function that checks whether a string is a palindrome.",
+        ],
+        zh: &[
+            "{lang}里怎么反转一个列表？",
+            "{lang}的闭包是什么？",
+            "用{lang}怎么逐行读取文件",
+            "进程和线程有什么区别？",
+            "什么是REST API？",
+        ],
+    },
+    // General questions in support vocabulary (hard cases): no procedure is asked for.
+    Intent {
+        en: &[
+            "What is a refund in accounting terms?",
+            "How do hackers crack passwords?",
+            "Explain how two-factor authentication works in general.",
+            "Write a funny poem about a package that got lost in the mail.",
+            "What is the history of customer service as a job?",
+            "Why do companies offer warranties at all?",
+            "What makes a password strong, in theory?",
+            "How does online shopping delivery work behind the scenes?",
+        ],
+        zh: &[
+            "会计上的退款是什么意思？",
+            "黑客是怎么破解密码的？",
+            "双重认证的原理是什么？",
+            "写一首关于快递寄丢了的搞笑小诗",
+            "为什么商家要提供保修？",
+            "一个密码怎样才算安全，原理是什么？",
+        ],
+    },
+    // Opinions and comparisons.
+    Intent {
+        en: &[
+            "Which is better as a pet, a cat or a dog?",
+            "What do you think about {topic}?",
+            "Is it better to read books on paper or on a screen?",
+            "tea or coffee?",
+            "Should I learn {tongue} or {tongue2} first?",
+        ],
+        zh: &[
+            "养猫好还是养狗好？",
+            "你怎么看{ztopic}？",
+            "纸质书和电子书哪个好？",
+            "先学{ztongue}还是{ztongue2}？",
+            "茶和咖啡你更喜欢哪个",
+        ],
+    },
+    // Geography and measurement facts.
+    Intent {
+        en: &[
+            "How tall is Mount Everest?",
+            "How far is the Moon from the Earth?",
+            "What is the longest river in the world?",
+            "How many continents are there?",
+            "what is the largest ocean",
+            "How many days are there in a leap year?",
+        ],
+        zh: &[
+            "珠穆朗玛峰有多高？",
+            "月球离地球有多远？",
+            "世界上最长的河是哪条？",
+            "地球上有几大洲？",
+            "最大的海洋是哪个",
+            "闰年有多少天？",
         ],
     },
 ];
@@ -996,6 +1301,81 @@ const LANGS: &[&str] = &[
     "JavaScript",
     "TypeScript",
 ];
+const COUNTRIES: &[&str] = &[
+    "France", "Japan", "Brazil", "Canada", "Egypt", "Australia", "India", "Kenya", "Mexico",
+    "Norway", "Peru", "Vietnam", "Italy", "Argentina",
+];
+const ZH_COUNTRIES: &[&str] = &[
+    "法国", "日本", "巴西", "加拿大", "埃及", "澳大利亚", "印度", "肯尼亚", "墨西哥", "挪威",
+    "秘鲁", "越南", "意大利", "阿根廷",
+];
+const WORDS: &[&str] = &[
+    "ubiquitous", "resilient", "ephemeral", "candid", "meticulous", "serendipity", "frugal",
+    "ambiguous", "benevolent", "nostalgia", "pragmatic", "eloquent", "affect",
+];
+const ZH_WORDS: &[&str] = &[
+    "坚持", "温柔", "谦虚", "敷衍", "淡定", "执着", "惊喜", "勤奋", "犹豫", "节俭", "乐观",
+];
+const ZH_IDIOMS: &[&str] = &[
+    "画蛇添足", "守株待兔", "对牛弹琴", "亡羊补牢", "一举两得", "半途而废", "井底之蛙", "塞翁失马",
+];
+const TOPICS: &[&str] = &[
+    "photosynthesis", "gravity", "black holes", "inflation", "the internet", "rainbows",
+    "earthquakes", "electricity", "volcanoes", "the tides", "machine learning", "DNA",
+    "climate change", "the stock market",
+];
+const ZH_TOPICS: &[&str] = &[
+    "光合作用", "万有引力", "黑洞", "通货膨胀", "彩虹", "地震", "电", "火山", "潮汐",
+    "人工智能", "DNA", "气候变化", "股市",
+];
+const PEOPLE: &[&str] = &[
+    "Marie Curie", "Albert Einstein", "Leonardo da Vinci", "Nelson Mandela", "Ada Lovelace",
+    "Confucius", "Isaac Newton", "Frida Kahlo", "Charles Darwin", "Cleopatra",
+];
+const ZH_PEOPLE: &[&str] = &[
+    "李白", "孔子", "秦始皇", "居里夫人", "爱因斯坦", "苏轼", "郑和", "牛顿", "诸葛亮", "鲁迅",
+];
+const EVENTS: &[&str] = &[
+    "French Revolution", "Moon landing", "fall of the Berlin Wall", "Industrial Revolution",
+    "Renaissance", "Black Death", "first Olympic Games",
+];
+const ZH_EVENTS: &[&str] = &[
+    "丝绸之路", "工业革命", "文艺复兴", "郑和下西洋", "登月", "柏林墙倒塌", "辛亥革命",
+];
+const ANIMALS: &[&str] = &[
+    "elephants", "octopuses", "penguins", "cats", "honeybees", "dolphins", "owls", "giraffes",
+    "sharks", "tortoises",
+];
+const ZH_ANIMALS: &[&str] = &[
+    "大熊猫", "章鱼", "企鹅", "猫", "蜜蜂", "海豚", "猫头鹰", "长颈鹿", "鲨鱼", "乌龟",
+];
+const DISHES: &[&str] = &[
+    "pancakes", "fried rice", "tomato soup", "guacamole", "banana bread", "a Caesar salad",
+    "spaghetti carbonara", "scrambled eggs", "dumplings",
+];
+const ZH_DISHES: &[&str] = &[
+    "番茄炒蛋", "红烧肉", "饺子", "蛋炒饭", "麻婆豆腐", "可乐鸡翅", "酸辣土豆丝", "葱油饼",
+];
+const SUBJECTS: &[&str] = &[
+    "the ocean", "autumn leaves", "a rainy Monday", "my grandmother's kitchen", "the first snow",
+    "a lazy cat", "city lights at night", "friendship", "the moon",
+];
+const ZH_SUBJECTS: &[&str] = &[
+    "大海", "秋天", "月亮", "春雨", "故乡", "友情", "夏天的晚上", "一只懒猫", "第一场雪",
+];
+const RELATIVES: &[&str] = &["mom", "dad", "sister", "brother", "best friend", "grandpa", "aunt"];
+const ZH_RELATIVES: &[&str] = &["妈妈", "爸爸", "姐姐", "弟弟", "好朋友", "爷爷", "老师"];
+const PHRASES: &[&str] = &[
+    "good morning", "where is the train station", "I would like a coffee, please",
+    "I want to return this item", "nice to meet you", "how much does this cost",
+    "see you tomorrow", "the weather is lovely today",
+];
+const ZH_PHRASES: &[&str] = &[
+    "我想退货", "早上好", "火车站在哪里", "很高兴认识你", "这个多少钱", "明天见",
+    "今天天气真好", "我爱你",
+];
+const TONGUES: &[&str] = &["French", "Spanish", "Japanese", "German", "Italian", "Korean"];
+const ZH_TONGUES: &[&str] = &["法语", "西班牙语", "日语", "德语", "韩语", "英语"];
 const PERCENTS: &[&str] = &["5", "10", "12", "15", "20", "25", "30", "35", "40", "50"];
 const RATES: &[&str] = &["2", "2.5", "3", "3.5", "4", "4.5", "5", "6", "7", "8"];
 const ZHE: &[&str] = &["7", "7.5", "8", "8.5", "9", "9.5"];
@@ -1107,6 +1487,29 @@ fn slot_value(rng: &mut ChaCha8Rng, name: &str) -> Option<String> {
         "opt" => pick(rng, OPTIONS).to_string(),
         "zopt" => pick(rng, ZH_OPTIONS).to_string(),
         "lang" => pick(rng, LANGS).to_string(),
+        "country" => pick(rng, COUNTRIES).to_string(),
+        "zcountry" => pick(rng, ZH_COUNTRIES).to_string(),
+        "word" => pick(rng, WORDS).to_string(),
+        "zword" => pick(rng, ZH_WORDS).to_string(),
+        "zidiom" => pick(rng, ZH_IDIOMS).to_string(),
+        "topic" => pick(rng, TOPICS).to_string(),
+        "ztopic" => pick(rng, ZH_TOPICS).to_string(),
+        "person" => pick(rng, PEOPLE).to_string(),
+        "zperson" => pick(rng, ZH_PEOPLE).to_string(),
+        "event" => pick(rng, EVENTS).to_string(),
+        "zevent" => pick(rng, ZH_EVENTS).to_string(),
+        "animal" => pick(rng, ANIMALS).to_string(),
+        "zanimal" => pick(rng, ZH_ANIMALS).to_string(),
+        "dish" => pick(rng, DISHES).to_string(),
+        "zdish" => pick(rng, ZH_DISHES).to_string(),
+        "subject" => pick(rng, SUBJECTS).to_string(),
+        "zsubject" => pick(rng, ZH_SUBJECTS).to_string(),
+        "relative" => pick(rng, RELATIVES).to_string(),
+        "zrelative" => pick(rng, ZH_RELATIVES).to_string(),
+        "phrase" => pick(rng, PHRASES).to_string(),
+        "zphrase" => pick(rng, ZH_PHRASES).to_string(),
+        "tongue" => pick(rng, TONGUES).to_string(),
+        "ztongue" => pick(rng, ZH_TONGUES).to_string(),
         _ => return None,
     };
     Some(value)
@@ -1243,7 +1646,7 @@ fn candidate(rng: &mut ChaCha8Rng, intent: &Intent, lang: Lang) -> (String, Stri
 /// train/test split).
 fn generate_class(
     rng: &mut ChaCha8Rng,
-    intents: &[Intent],
+    intents: &[&Intent],
     label: usize,
     n: usize,
     seen: &mut HashSet<String>,
@@ -1266,7 +1669,7 @@ fn generate_class(
             break;
         };
         dealt += 1;
-        let Some(intent) = intents.get(i) else {
+        let Some(&intent) = intents.get(i) else {
             continue;
         };
         let (key, query) = candidate(rng, intent, lang);
@@ -1290,15 +1693,17 @@ pub fn generate(seed: u64, n_per_class: usize) -> Vec<LabeledQuery> {
     let cap = n_per_class.min(MAX_ATTEMPTS_PER_CLASS);
     let mut seen = HashSet::with_capacity(2 * cap);
     let mut out = Vec::with_capacity(2 * cap);
+    let foundation: Vec<&Intent> = REASONING.iter().chain(GENERAL).collect();
+    let sop: Vec<&Intent> = SOP.iter().collect();
     generate_class(
         &mut rng,
-        REASONING,
+        &foundation,
         LABEL_REASONING,
         n_per_class,
         &mut seen,
         &mut out,
     );
-    generate_class(&mut rng, SOP, LABEL_SOP, n_per_class, &mut seen, &mut out);
+    generate_class(&mut rng, &sop, LABEL_SOP, n_per_class, &mut seen, &mut out);
     out.shuffle(&mut rng);
     out
 }
@@ -1374,7 +1779,7 @@ mod tests {
     #[test]
     fn every_template_fills_completely() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        for intents in [REASONING, SOP] {
+        for intents in [REASONING, GENERAL, SOP] {
             for intent in intents {
                 assert!(intent.en.len() >= 3 && intent.zh.len() >= 3);
                 for template in intent.en.iter().chain(intent.zh) {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+use crate::combined::CombinedClassifier;
 use crate::learned::LearnedClassifier;
 use crate::query_classifier::Classifier;
 use crate::rules::{RuleBasedClassifier, RuleSet};
@@ -36,6 +37,28 @@ impl QueryClassifier {
     #[wasm_bindgen(js_name = fromCheckpoint)]
     pub fn from_checkpoint(meta_json: &[u8], weights: &[u8]) -> Result<QueryClassifier, JsError> {
         let c = LearnedClassifier::from_bytes(meta_json, weights).map_err(js_err)?;
+        Ok(Self { inner: Box::new(c) })
+    }
+
+    /// A combined classifier from the bytes of a checkpoint's `classifier.json`,
+    /// `model.safetensors` and `combiner.json`, and the rule tables in JSON it was fitted
+    /// with (the package's own when `rules_json` is empty).
+    #[wasm_bindgen(js_name = fromCombined)]
+    pub fn from_combined(
+        meta_json: &[u8],
+        weights: &[u8],
+        combiner_json: &[u8],
+        rules_json: &str,
+    ) -> Result<QueryClassifier, JsError> {
+        let rules = if rules_json.trim().is_empty() {
+            RuleSet::default_rules()
+        } else {
+            RuleSet::from_json(rules_json)
+        }
+        .map_err(js_err)?;
+        let rules = RuleBasedClassifier::new(rules).map_err(js_err)?;
+        let c = CombinedClassifier::from_bytes(meta_json, weights, combiner_json, rules)
+            .map_err(js_err)?;
         Ok(Self { inner: Box::new(c) })
     }
 
@@ -80,7 +103,7 @@ impl QueryClassifier {
         self.inner.version().to_string()
     }
 
-    /// `rule_based` or `learned`.
+    /// `rule_based`, `learned` or `combined`.
     #[wasm_bindgen(getter)]
     pub fn kind(&self) -> String {
         self.inner.kind().as_str().to_string()

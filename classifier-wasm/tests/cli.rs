@@ -42,7 +42,56 @@ fn workdir() -> tempfile::TempDir {
         )
         .unwrap();
     }
+    let ckpt = dir.path().join("classifier-wasm/checkpoint");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for f in ["classifier.json", "model.safetensors", "combiner.json"] {
+        std::fs::copy(root().join("classifier-wasm/checkpoint").join(f), ckpt.join(f)).unwrap();
+    }
     dir
+}
+
+#[test]
+fn create_sample_needs_no_config_and_a_checkpoint_means_learned() {
+    // Outside any checkout: no configs/ in the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["--create_sample", "--data_dir", "s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("s/train.jsonl").is_file());
+    // A missing config is named once, with its OS error once.
+    let o = run(dir.path(), &["--prompt", "hi"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("configs/config.yaml"), "{e}");
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+
+    // In a checkout, --classifier_checkpoint alone evaluates the learned classifier (never
+    // the rule-based one), or the combined one that the config names when the directory
+    // holds its combiner.
+    let dir = workdir();
+    let ckpt = dir.path().join("classifier-wasm/checkpoint");
+    let o = run(
+        dir.path(),
+        &["--prompt", "hello there", "--classifier_checkpoint", ckpt.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("classifier=combined-"), "{}", stdout(&o));
+    std::fs::remove_file(ckpt.join("combiner.json")).unwrap();
+    let o = run(
+        dir.path(),
+        &["--prompt", "hello there", "--classifier_checkpoint", ckpt.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("classifier=learned-"), "{}", stdout(&o));
+    // Without its combiner the config's default kind names the missing file.
+    let o = run(dir.path(), &["--prompt", "hello there"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("combiner.json is missing"), "{}", stderr(&o));
+    let dir = workdir();
+    // With nothing given, the config's default kind (combined) answers.
+    let o = run(dir.path(), &["--prompt", "What is the capital of France?"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("classifier=combined-") && out.contains("category=reasoning"), "{out}");
 }
 
 #[test]

@@ -37,10 +37,16 @@ fn write_config(dir: &Path, models: &Path, trust: &str) -> PathBuf {
         .lines()
         .take_while(|l| !l.starts_with("experts:"))
         .map(|l| {
-            l.replace(
-                "configs/rules.json",
-                &root.join("configs/rules.json").display().to_string(),
-            )
+            // These tests were written around the rule-based routing of the forged pair.
+            l.replace("type: \"combined\"", "type: \"rule_based\"")
+                .replace(
+                    "configs/rules.json",
+                    &root.join("configs/rules.json").display().to_string(),
+                )
+                .replace(
+                    "classifier-wasm/checkpoint",
+                    &root.join("classifier-wasm/checkpoint").display().to_string(),
+                )
         })
         .collect::<Vec<_>>()
         .join("\n");

@@ -64,11 +64,8 @@ async fn feedback_retrains_the_classifier_and_the_gateway_reloads_it() {
     let config = dir.path().join("config.yaml");
     let shipped = std::fs::read_to_string(root.join("configs/config.yaml")).unwrap();
     let text = shipped
-        .replace("type: \"rule_based\"", "type: \"learned\"")
-        .replace(
-            "./models/checkpoints/classifier",
-            &ckpt.display().to_string(),
-        )
+        .replace("type: \"combined\"", "type: \"learned\"")
+        .replace("classifier-wasm/checkpoint", &ckpt.display().to_string())
         .replace(
             "configs/rules.json",
             &root.join("configs/rules.json").display().to_string(),

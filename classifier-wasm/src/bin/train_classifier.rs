@@ -13,7 +13,7 @@ use classifier::data::{LabeledQuery, read_jsonl, write_jsonl};
 use classifier::learned::METRICS_FILE;
 use classifier::metrics::{EvalMetrics, evaluate, reliability_table};
 use classifier::train::{TrainOptions, train};
-use classifier::{Classifier, ClassifierKind};
+use classifier::{Classifier, ClassifierKind, RuleBasedClassifier};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Train, calibrate and evaluate the query classifier of the hybrid router.
@@ -33,7 +33,7 @@ struct Args {
     data_dir: PathBuf,
 
     /// Queries per category in the sample set (split 70/15/15 into train/val/test).
-    #[arg(long, default_value_t = 350)]
+    #[arg(long, default_value_t = 600)]
     sample_per_class: usize,
 
     /// Training data, JSON lines `{"query": "...", "label": 0}`.
@@ -107,7 +107,6 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let config = load_config(&args.config)?;
     let kind: Option<ClassifierKind> = args
         .classifier_type
         .as_deref()
@@ -130,17 +129,24 @@ fn run(args: Args) -> Result<()> {
     if args.create_sample {
         create_sample(&args)?;
     }
+    if args.train_file.is_none() && !needs_classifier(&args) {
+        // --create_sample alone needs no config: it works from any directory.
+        if args.json {
+            println!("{}", serde_json::Value::Object(json_out));
+        }
+        return Ok(());
+    }
+    let config = load_config(&args.config)?;
     if let Some(train_file) = &args.train_file {
         let dir = run_training(&args, &config, train_file, &mut json_out)?;
         if checkpoint.is_none() {
             checkpoint = Some(dir);
         }
     }
-    // After training, evaluate and classify with what was just trained unless told otherwise.
-    let kind = kind.or(args.train_file.as_ref().map(|_| ClassifierKind::Learned));
-    let needs_classifier =
-        args.eval_file.is_some() || args.prompt.is_some() || args.predict_file.is_some();
-    if needs_classifier {
+    // After training, evaluate and classify with what was just trained (the checkpoint is
+    // then set): a checkpoint without --classifier_type is read by the learned kind, or by
+    // the combined one when the config names it (`HybridConfig::build_classifier`).
+    if needs_classifier(&args) {
         let classifier = config.build_classifier(kind, checkpoint.as_deref())?;
         if let Some(eval_file) = &args.eval_file {
             let data = read_jsonl(eval_file)?;
@@ -187,6 +193,10 @@ fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::Value::Object(json_out));
     }
     Ok(())
+}
+
+fn needs_classifier(args: &Args) -> bool {
+    args.eval_file.is_some() || args.prompt.is_some() || args.predict_file.is_some()
 }
 
 fn create_sample(args: &Args) -> Result<()> {
@@ -272,6 +282,15 @@ fn run_training(
         .clone()
         .unwrap_or_else(|| config.classifier.checkpoint_dir.clone());
     model.save(&out_dir)?;
+    // The combined kind's layer, fitted on the same validation split, over the config's rules.
+    let rules = RuleBasedClassifier::new(config.rule_set()?)?;
+    let combined = classifier::combined::fit(model.clone(), rules, &val_set)?;
+    combined.save_combiner(&out_dir)?;
+    let cm = combined.meta();
+    println!(
+        "combiner: learned_weight={:.4} rule_weight={:.4} bias={:?}",
+        cm.learned_weight, cm.rule_weight, cm.bias
+    );
     println!(
         "trained on {} queries ({} epochs, {:.2} s), calibrated on {} from {}",
         report.n_train,
@@ -306,8 +325,19 @@ fn run_training(
             m.ece
         );
         print!("reliability (test, calibrated):\n{}", reliability_table(&m));
+        let cmb = eval_classifier(&combined, &test_set)?;
+        println!(
+            "test {} (combined)  n={} accuracy={:.4} macro_f1={:.4} ece={:.4}",
+            test_file.display(),
+            cmb.n,
+            cmb.accuracy,
+            cmb.macro_f1,
+            cmb.ece
+        );
         metrics["test"] = serde_json::to_value(&m)?;
+        metrics["test_combined"] = serde_json::to_value(&cmb)?;
         json_out.insert("test".into(), serde_json::to_value(&m)?);
+        json_out.insert("test_combined".into(), serde_json::to_value(&cmb)?);
     } else {
         print!(
             "reliability (validation, calibrated):\n{}",
