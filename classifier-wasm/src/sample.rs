@@ -513,6 +513,10 @@ const GENERAL: &[Intent] = &[
     // Health and everyday advice.
     Intent {
         en: &[
+            "How do I politely turn down an invitation from a {relative}?",
+            "How do I apologize to a friend after an argument?",
+            "What should I write in a thank-you card for my {relative}?",
+            "how do I make friends after moving to a new city",
             "How can I sleep better at night?",
             "Any tips for staying focused while studying?",
             "how much water should I drink a day",
@@ -522,6 +526,9 @@ const GENERAL: &[Intent] = &[
             "I feel stressed before exams. What can I do?",
         ],
         zh: &[
+            "怎么礼貌地拒绝{zrelative}的邀请？",
+            "和朋友吵架了，该怎么道歉",
+            "搬到新城市，怎么交到朋友？",
             "晚上总是睡不着，怎么办？",
             "学习的时候怎么才能更专注？",
             "一天应该喝多少水",
@@ -551,6 +558,8 @@ const GENERAL: &[Intent] = &[
     // Travel and recommendations.
     Intent {
         en: &[
+            "I loved {book}. What should I read next?",
+            "Recommend a few novels for someone who enjoys {genre}.",
             "What should I see on a weekend in {city}?",
             "When is the best time of year to visit {country}?",
             "Can you recommend a good book about {topic}?",
@@ -559,6 +568,8 @@ const GENERAL: &[Intent] = &[
             "Plan a relaxed two-day trip to {city} for me.",
         ],
         zh: &[
+            "我很喜欢《{zbook}》，还有类似的书推荐吗？",
+            "推荐几部{zgenre}电影",
             "周末去{zcity}玩，有什么推荐的景点？",
             "什么季节去{zcountry}旅游最好？",
             "推荐几本关于{ztopic}的书",
@@ -850,6 +861,9 @@ const SOP: &[Intent] = &[
     // Billing disputes, double charges, invoices.
     Intent {
         en: &[
+            "I need a VAT invoice for order #{order}. What details do you need from me?",
+            "Invoice {inv} lists the wrong number of seats, please correct it and credit us.",
+            "Can you reissue invoice {inv} with our new company address?",
             "I was charged twice for order #{order}.",
             "Why is there a ${amt} charge on my card that I don't recognize?",
             "How do I download the invoice for {month}?",
@@ -859,6 +873,9 @@ const SOP: &[Intent] = &[
             "my bill went up ${a} this month without any notice, please explain",
         ],
         zh: &[
+            "开增值税专用发票需要提供什么资料？",
+            "订单{order}的发票抬头写错了，怎么重开",
+            "发票{inv}上的金额不对，能帮忙更正吗？",
             "订单{order}被扣了两次钱",
             "信用卡上有一笔{amt}元的扣款，我不认识",
             "怎么下载{zmonth}的发票？",
@@ -871,6 +888,7 @@ const SOP: &[Intent] = &[
     // Subscriptions: cancel, upgrade, downgrade, pause.
     Intent {
         en: &[
+            "How do I switch from the monthly to the yearly {plan} plan, and do I lose my remaining days?",
             "How do I cancel my subscription?",
             "I want to upgrade from {plan} to {plan2}.",
             "What happens to my data if I downgrade to the {plan} plan?",
@@ -880,6 +898,7 @@ const SOP: &[Intent] = &[
             "Turn off auto-renew on my {plan} subscription.",
         ],
         zh: &[
+            "月度会员怎么升级成年度会员？剩下的天数还算吗",
             "怎么取消订阅？",
             "我想从{zplan}升级到{zplan2}",
             "降级到{zplan}以后数据会丢吗？",
@@ -951,6 +970,9 @@ const SOP: &[Intent] = &[
     // Sales quotes, discounts and promotions.
     Intent {
         en: &[
+            "Do you offer price protection if the {product} drops in price after I buy it?",
+            "Is there a volume discount for {n} licenses of the {plan} plan?",
+            "the {product} went on sale {a} days after I bought it, can I get the difference back?",
             "How do I prepare a quote for {n} seats on the {plan} plan?",
             "Can I offer a {pct}% discount to close a deal this quarter?",
             "What's the approval process for discounts above {pct}%?",
@@ -959,6 +981,9 @@ const SOP: &[Intent] = &[
             "The promo code SAVE{pct} isn't working at checkout.",
         ],
         zh: &[
+            "买了{a}天就降价了，支持保价吗？",
+            "一次买{n}个{zplan}账号有批量折扣吗",
+            "{zproduct}刚买完就降价，差价能退吗？",
             "给客户报{n}个{zplan}席位，报价单怎么做？",
             "这个季度能给客户打{zhe}折吗？需要谁审批",
             "折扣超过{pct}%的审批流程是什么",
@@ -1009,6 +1034,7 @@ const SOP: &[Intent] = &[
     // Device and app troubleshooting.
     Intent {
         en: &[
+            "My {product} won't charge and the light keeps blinking red.",
             "The app crashes every time I open it.",
             "My printer shows offline. How do I fix it?",
             "{app} keeps freezing on my {device}.",
@@ -1018,6 +1044,7 @@ const SOP: &[Intent] = &[
             "Walk me through reinstalling {app} on a {device}.",
         ],
         zh: &[
+            "买的{zproduct}充不进电，指示灯一直闪",
             "App一打开就闪退",
             "打印机显示脱机怎么办",
             "{zapp}在{zdevice}上老是卡死",
@@ -1376,6 +1403,13 @@ const ZH_PHRASES: &[&str] = &[
 ];
 const TONGUES: &[&str] = &["French", "Spanish", "Japanese", "German", "Italian", "Korean"];
 const ZH_TONGUES: &[&str] = &["法语", "西班牙语", "日语", "德语", "韩语", "英语"];
+const BOOKS: &[&str] = &[
+    "Pride and Prejudice", "Dune", "The Hobbit", "1984", "Harry Potter", "The Little Prince",
+    "Sapiens", "To Kill a Mockingbird",
+];
+const ZH_BOOKS: &[&str] = &["三体", "活着", "红楼梦", "围城", "小王子", "百年孤独", "平凡的世界"];
+const GENRES: &[&str] = &["science fiction", "mysteries", "fantasy", "historical fiction", "thrillers"];
+const ZH_GENRES: &[&str] = &["科幻", "悬疑", "动画", "喜剧", "爱情"];
 const PERCENTS: &[&str] = &["5", "10", "12", "15", "20", "25", "30", "35", "40", "50"];
 const RATES: &[&str] = &["2", "2.5", "3", "3.5", "4", "4.5", "5", "6", "7", "8"];
 const ZHE: &[&str] = &["7", "7.5", "8", "8.5", "9", "9.5"];
@@ -1510,6 +1544,10 @@ fn slot_value(rng: &mut ChaCha8Rng, name: &str) -> Option<String> {
         "zphrase" => pick(rng, ZH_PHRASES).to_string(),
         "tongue" => pick(rng, TONGUES).to_string(),
         "ztongue" => pick(rng, ZH_TONGUES).to_string(),
+        "book" => pick(rng, BOOKS).to_string(),
+        "zbook" => pick(rng, ZH_BOOKS).to_string(),
+        "genre" => pick(rng, GENRES).to_string(),
+        "zgenre" => pick(rng, ZH_GENRES).to_string(),
         _ => return None,
     };
     Some(value)

@@ -76,9 +76,9 @@ fn eval(c: &dyn Classifier, data: &[LabeledQuery]) -> EvalMetrics {
 }
 
 /// The sample set exactly as `train_classifier --create_sample` makes and splits it
-/// (seed 42, 600 per class).
+/// (seed 42, 1000 per class).
 fn sample_splits() -> (Vec<LabeledQuery>, Vec<LabeledQuery>, Vec<LabeledQuery>) {
-    let items = classifier::sample::generate(42, 600);
+    let items = classifier::sample::generate(42, 1000);
     let n = items.len();
     let (n_train, n_val) = (n * 70 / 100, n * 15 / 100);
     (

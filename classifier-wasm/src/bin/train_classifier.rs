@@ -33,7 +33,7 @@ struct Args {
     data_dir: PathBuf,
 
     /// Queries per category in the sample set (split 70/15/15 into train/val/test).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1000)]
     sample_per_class: usize,
 
     /// Training data, JSON lines `{"query": "...", "label": 0}`.
