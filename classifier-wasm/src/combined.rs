@@ -67,8 +67,7 @@ impl CombinedClassifier {
                 meta.format
             )));
         }
-        if meta.categories != learned.categories() || rules.categories() != learned.categories()
-        {
+        if meta.categories != learned.categories() || rules.categories() != learned.categories() {
             return Err(bad(format!(
                 "fitted for categories {:?}, but the learned model has {:?} and the rules {:?}",
                 meta.categories,
@@ -142,9 +141,7 @@ impl CombinedClassifier {
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ClassifierError::checkpoint(
                 dir,
-                format!(
-                    "{COMBINER_FILE} is missing (`train_classifier --train_file ...` fits it)"
-                ),
+                format!("{COMBINER_FILE} is missing (`train_classifier --train_file ...` fits it)"),
             ),
             _ => ClassifierError::io(&path, e),
         })?;
@@ -358,7 +355,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("ck/combiner.json") && e.contains("keyword tables"), "{e}");
+        assert!(
+            e.contains("ck/combiner.json") && e.contains("keyword tables"),
+            "{e}"
+        );
 
         let rules = RuleBasedClassifier::new(RuleSet::default_rules().unwrap()).unwrap();
         let mut stale = meta;

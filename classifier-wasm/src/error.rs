@@ -36,7 +36,10 @@ pub enum ClassifierError {
     /// An I/O error, with the path it concerned. The OS error is part of the message and
     /// not chained as a `source`, so `{:#}` chains do not print it twice.
     #[error("{}: {error}", .path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 fn source_suffix(file: &Option<PathBuf>) -> String {

@@ -45,7 +45,11 @@ fn workdir() -> tempfile::TempDir {
     let ckpt = dir.path().join("classifier-wasm/checkpoint");
     std::fs::create_dir_all(&ckpt).unwrap();
     for f in ["classifier.json", "model.safetensors", "combiner.json"] {
-        std::fs::copy(root().join("classifier-wasm/checkpoint").join(f), ckpt.join(f)).unwrap();
+        std::fs::copy(
+            root().join("classifier-wasm/checkpoint").join(f),
+            ckpt.join(f),
+        )
+        .unwrap();
     }
     dir
 }
@@ -71,27 +75,48 @@ fn create_sample_needs_no_config_and_a_checkpoint_means_learned() {
     let ckpt = dir.path().join("classifier-wasm/checkpoint");
     let o = run(
         dir.path(),
-        &["--prompt", "hello there", "--classifier_checkpoint", ckpt.to_str().unwrap()],
+        &[
+            "--prompt",
+            "hello there",
+            "--classifier_checkpoint",
+            ckpt.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("classifier=combined-"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("classifier=combined-"),
+        "{}",
+        stdout(&o)
+    );
     std::fs::remove_file(ckpt.join("combiner.json")).unwrap();
     let o = run(
         dir.path(),
-        &["--prompt", "hello there", "--classifier_checkpoint", ckpt.to_str().unwrap()],
+        &[
+            "--prompt",
+            "hello there",
+            "--classifier_checkpoint",
+            ckpt.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("classifier=learned-"), "{}", stdout(&o));
     // Without its combiner the config's default kind names the missing file.
     let o = run(dir.path(), &["--prompt", "hello there"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("combiner.json is missing"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("combiner.json is missing"),
+        "{}",
+        stderr(&o)
+    );
     let dir = workdir();
     // With nothing given, the config's default kind (combined) answers.
     let o = run(dir.path(), &["--prompt", "What is the capital of France?"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("classifier=combined-") && out.contains("category=reasoning"), "{out}");
+    assert!(
+        out.contains("classifier=combined-") && out.contains("category=reasoning"),
+        "{out}"
+    );
 }
 
 #[test]

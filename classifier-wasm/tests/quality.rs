@@ -5,13 +5,12 @@
 
 use std::path::PathBuf;
 
+use classifier::config::load_config;
 use classifier::data::{LabeledQuery, read_jsonl};
 use classifier::metrics::{EvalMetrics, evaluate};
 use classifier::train::{TrainOptions, train};
-use classifier::config::load_config;
 use classifier::{
-    Classifier, ClassifierKind, CombinedClassifier, LearnedClassifier, RuleBasedClassifier,
-    RuleSet,
+    Classifier, ClassifierKind, CombinedClassifier, LearnedClassifier, RuleBasedClassifier, RuleSet,
 };
 
 fn root() -> PathBuf {
@@ -164,12 +163,19 @@ fn the_default_classifier_is_accurate_and_calibrated_on_realistic_queries() {
     assert!(r.ece <= ECE_TARGET, "ece {}", r.ece);
     // A general question with no support keyword is confidently the foundation's, not a
     // coin toss that would buy a fusion.
-    for q in ["What is the capital of France?", "天空为什么是蓝色的？", "tell me a joke"] {
+    for q in [
+        "What is the capital of France?",
+        "天空为什么是蓝色的？",
+        "tell me a joke",
+    ] {
         let out = c.classify(q).unwrap();
         assert_eq!(out.category, 0, "{q}: {out:?}");
         assert!(out.confidence >= 0.85, "{q}: {out:?}");
     }
-    for q in ["where is my refund for order 88123", "我的订单还没有发货，怎么办？"] {
+    for q in [
+        "where is my refund for order 88123",
+        "我的订单还没有发货，怎么办？",
+    ] {
         let out = c.classify(q).unwrap();
         assert_eq!(out.category, 1, "{q}: {out:?}");
     }

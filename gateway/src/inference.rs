@@ -109,9 +109,13 @@ pub struct InferenceOptions {
 /// How an eval run scores multiple-choice items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChoiceScoring {
+    /// Both, the default: every item is answered by generation and scored on the text
+    /// (keywords, final answer or token F1 against the reference: `quality`), and
+    /// multiple-choice items are also scored by likelihood (`choice_quality`).
+    #[default]
+    Both,
     /// The choice the strategy's fusion mode gives the lowest mean NLL per token, as the
     /// whole answer (the expert's `POST /v1/score`); nothing is generated.
-    #[default]
     Likelihood,
     /// The strategy answers; the choice with the highest token F1 against it is the pick.
     Generate,
@@ -121,10 +125,11 @@ impl std::str::FromStr for ChoiceScoring {
     type Err = GatewayError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "both" => Ok(Self::Both),
             "likelihood" => Ok(Self::Likelihood),
             "generate" => Ok(Self::Generate),
             other => Err(GatewayError::BadRequest(format!(
-                "unknown choice scoring {other:?}; expected likelihood or generate"
+                "unknown choice scoring {other:?}; expected both, likelihood or generate"
             ))),
         }
     }
@@ -495,6 +500,7 @@ impl Session {
     ) -> Result<StrategyResult> {
         let start = Instant::now();
         let mut scores = Vec::with_capacity(items.len());
+        let mut choice_scores = Vec::new();
         let mut per_item = Vec::with_capacity(items.len());
         let (mut cost, mut fused, mut tokens, mut forwards) = (0.0f64, 0usize, 0usize, 0u64);
         for item in items {
@@ -509,6 +515,26 @@ impl Session {
                 fused += 1;
             }
             let (score, record) = match (&item.choices, self.options.choices) {
+                (_, ChoiceScoring::Both) => {
+                    let (text, r) = self
+                        .generate(mode.clone(), &item.prompt, false, |_| {})
+                        .await?;
+                    let mut token_forwards = r.cost.total_token_forwards;
+                    if let Some(choices) = &item.choices {
+                        let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
+                        choice_scores
+                            .push((item.label, f64::from(u8::from(Some(pick) == item.answer))));
+                        token_forwards += spent.total_token_forwards;
+                    }
+                    (
+                        item.score_generated(&text),
+                        (
+                            r.cost.forwards_per_token,
+                            r.usage.completion_tokens,
+                            token_forwards,
+                        ),
+                    )
+                }
                 (Some(choices), ChoiceScoring::Likelihood) => {
                     let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
                     let score = f64::from(u8::from(Some(pick) == item.answer));
@@ -550,9 +576,28 @@ impl Session {
                 Some((name.clone(), q))
             })
             .collect();
+        let choice_by_category = self
+            .config
+            .hybrid
+            .categories
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let q = mean(
+                    &mut choice_scores
+                        .iter()
+                        .filter(|(l, _)| *l == i)
+                        .map(|(_, s)| *s),
+                )?;
+                Some((name.clone(), q))
+            })
+            .collect();
         Ok(StrategyResult {
             quality: mean(&mut scores.iter().map(|(_, s)| *s)).unwrap_or(0.0),
             quality_by_category: by_category,
+            choice_quality: mean(&mut choice_scores.iter().map(|(_, s)| *s)),
+            choice_quality_by_category: choice_by_category,
+            versus_hybrid: BTreeMap::new(),
             cost: if n > 0 { cost / n as f64 } else { 0.0 },
             n,
             btm_share: if n > 0 { fused as f64 / n as f64 } else { 0.0 },
@@ -629,6 +674,7 @@ impl Session {
             order.push(name.clone());
             strategies.insert(name, result);
         }
+        compare_to_hybrid(&mut strategies, items, &self.config.hybrid.categories);
         let sweep = match self.sweep(&strategies, items) {
             Ok(points) => Some(points),
             Err(why) => {
@@ -643,6 +689,7 @@ impl Session {
             sweep,
             categories: self.config.hybrid.categories.clone(),
             metric: match self.options.choices {
+                ChoiceScoring::Both => format!("{GENERATED_METRIC}; {CHOICES_BOTH}"),
                 ChoiceScoring::Likelihood => format!("{METRIC}; {CHOICES_BY_LIKELIHOOD}"),
                 ChoiceScoring::Generate => format!("{METRIC}; {CHOICES_BY_GENERATION}"),
             },
@@ -651,6 +698,8 @@ impl Session {
 }
 
 const METRIC: &str = "per item: exact final-answer match when the reference states one (reasoning), token F1 otherwise (SOP)";
+const GENERATED_METRIC: &str = "quality: every item answered by generation, scored on the text: 1 if one of its keywords is in the answer (short-answer items), else exact final-answer match when the reference states one, else token F1 against the reference (procedures)";
+const CHOICES_BOTH: &str = "choice quality: multiple-choice items also scored by likelihood (the choice with the lowest mean NLL per token under the strategy's fusion, 1 if it is `answer`)";
 const CHOICES_BY_LIKELIHOOD: &str = "multiple choice: the choice with the lowest mean NLL per token under the strategy's fusion, 1 if it is `answer`";
 const CHOICES_BY_GENERATION: &str =
     "multiple choice: generate, pick the choice with the highest token F1, 1 if it is `answer`";
@@ -703,11 +752,28 @@ pub struct EvalItem {
     pub choices: Option<Vec<String>>,
     #[serde(default)]
     pub answer: Option<usize>,
+    /// Accepted short answers of a short-answer item (any one, as whole words, scores 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keywords: Option<Vec<String>>,
 }
 
 impl EvalItem {
-    /// The item's score of one generated answer (see the module docs).
+    /// The item's score of one generated answer: keyword match when the item lists
+    /// keywords; else, for multiple choice, 1 when the choice closest to the answer (token
+    /// F1) is the right one; else final-answer match or token F1 against the reference.
+    /// The score of a generated answer on its own text, never through the choices:
+    /// keyword match, else final-answer match or token F1 against the reference.
+    pub fn score_generated(&self, text: &str) -> f64 {
+        match &self.keywords {
+            Some(keywords) => protocol::quality::keyword_match(text, keywords),
+            None => protocol::quality::score(text, &self.reference),
+        }
+    }
+
     pub fn score(&self, text: &str) -> f64 {
+        if let Some(keywords) = &self.keywords {
+            return protocol::quality::keyword_match(text, keywords);
+        }
         match (&self.choices, self.answer) {
             (Some(choices), Some(answer)) => {
                 let pick = choices
@@ -766,6 +832,11 @@ pub fn read_eval_file(path: &Path, categories: &[String]) -> Result<Vec<EvalItem
             }
             _ => return Err(bad("`choices` and `answer` go together".into())),
         }
+        if let Some(keywords) = &item.keywords
+            && (keywords.is_empty() || keywords.iter().any(|k| k.trim().is_empty()))
+        {
+            return Err(bad("`keywords` needs at least one non-empty keyword".into()));
+        }
         items.push(item);
     }
     if items.is_empty() {
@@ -784,6 +855,16 @@ pub struct StrategyResult {
     pub quality: f64,
     /// Mean score per category name (categories with items).
     pub quality_by_category: BTreeMap<String, f64>,
+    /// With `--choices both`: multiple-choice accuracy by likelihood, over the items with
+    /// choices, overall and per category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice_quality: Option<f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub choice_quality_by_category: BTreeMap<String, f64>,
+    /// This strategy's `quality` minus `hybrid`'s on the same items, overall (`overall`)
+    /// and per category, with a paired bootstrap 95 % interval.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub versus_hybrid: BTreeMap<String, PairedDifference>,
     /// Mean model forwards per generated token.
     pub cost: f64,
     pub n: usize,
@@ -795,6 +876,79 @@ pub struct StrategyResult {
     /// Per item, in the eval file's order: (score, forwards per token).
     #[serde(skip)]
     pub per_item: Vec<(f64, f64)>,
+}
+
+/// A mean paired difference and its bootstrap 95 % interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedDifference {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+    pub n: usize,
+}
+
+/// Bootstrap resamples of a paired difference.
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// The mean of `a[i] - b[i]` and its percentile bootstrap 95 % interval: items are drawn
+/// with replacement [`BOOTSTRAP_RESAMPLES`] times, the pairs kept together (the same item
+/// under both strategies), with a fixed seed so a report is reproducible. `None` when the
+/// slices are empty or of different lengths.
+pub fn paired_bootstrap(a: &[f64], b: &[f64], seed: u64) -> Option<PairedDifference> {
+    use rand::{Rng, SeedableRng};
+    if a.is_empty() || a.len() != b.len() {
+        return None;
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
+    Some(PairedDifference {
+        mean,
+        low: at(0.025),
+        high: at(0.975),
+        n,
+    })
+}
+
+/// Fills every strategy's `versus_hybrid` from the per-item scores (nothing without a
+/// `hybrid` result).
+fn compare_to_hybrid(
+    strategies: &mut BTreeMap<String, StrategyResult>,
+    items: &[EvalItem],
+    categories: &[String],
+) {
+    let Some(hybrid) = strategies.get("hybrid").map(|r| r.per_item.clone()) else {
+        return;
+    };
+    for (name, r) in strategies.iter_mut() {
+        if name == "hybrid" || r.per_item.len() != hybrid.len() {
+            continue;
+        }
+        let mut groups: Vec<(String, Option<usize>)> = vec![("overall".into(), None)];
+        groups.extend(
+            categories
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, c)| (c, Some(i))),
+        );
+        for (group, label) in groups {
+            let keep =
+                |i: &usize| label.is_none_or(|l| items.get(*i).is_some_and(|it| it.label == l));
+            let idx: Vec<usize> = (0..hybrid.len()).filter(keep).collect();
+            let a: Vec<f64> = idx.iter().map(|&i| r.per_item[i].0).collect();
+            let b: Vec<f64> = idx.iter().map(|&i| hybrid[i].0).collect();
+            if let Some(d) = paired_bootstrap(&a, &b, 7) {
+                r.versus_hybrid.insert(group, d);
+            }
+        }
+    }
 }
 
 /// One threshold of the cost–quality trade-off.
@@ -832,13 +986,24 @@ impl EvalReport {
         for c in &self.categories {
             out.push_str(&format!(" quality {c} |"));
         }
-        out.push_str(
-            " quality overall | cost (forwards/token) | wall s | routed to BTM | n |\n|---|",
-        );
+        let choices = self.strategies.values().any(|r| r.choice_quality.is_some());
+        let paired = self
+            .strategies
+            .values()
+            .any(|r| !r.versus_hybrid.is_empty());
+        out.push_str(" quality overall |");
+        if choices {
+            out.push_str(" choice accuracy (likelihood) |");
+        }
+        if paired {
+            out.push_str(" Δ quality vs hybrid [95 % CI] |");
+        }
+        out.push_str(" cost (forwards/token) | wall s | routed to BTM | n |\n|---|");
         for _ in &self.categories {
             out.push_str("---:|");
         }
-        out.push_str("---:|---:|---:|---:|---:|\n");
+        out.push_str(&"---:|".repeat(1 + usize::from(choices) + usize::from(paired)));
+        out.push_str("---:|---:|---:|---:|\n");
         for name in &self.order {
             let Some(r) = self.strategies.get(name) else {
                 continue;
@@ -850,9 +1015,24 @@ impl EvalReport {
                     None => out.push_str(" – |"),
                 }
             }
+            out.push_str(&format!(" {:.3} |", r.quality));
+            if choices {
+                match r.choice_quality {
+                    Some(q) => out.push_str(&format!(" {q:.3} |")),
+                    None => out.push_str(" – |"),
+                }
+            }
+            if paired {
+                match r.versus_hybrid.get("overall") {
+                    Some(d) => out.push_str(&format!(
+                        " {:+.3} [{:+.3}, {:+.3}] |",
+                        d.mean, d.low, d.high
+                    )),
+                    None => out.push_str(" – |"),
+                }
+            }
             out.push_str(&format!(
-                " {:.3} | {:.2} | {:.1} | {:.0}% | {} |\n",
-                r.quality,
+                " {:.2} | {:.1} | {:.0}% | {} |\n",
                 r.cost,
                 r.wall_s,
                 100.0 * r.btm_share,
@@ -864,6 +1044,36 @@ impl EvalReport {
         }
         if !self.skipped.is_empty() {
             out.push('\n');
+        }
+        if paired {
+            out.push_str(
+                "\nPaired differences to hybrid per category (same items, bootstrap 95 % interval; an interval that holds 0 is no difference beyond noise):\n\n| strategy |",
+            );
+            for c in &self.categories {
+                out.push_str(&format!(" Δ {c} |"));
+            }
+            out.push_str("\n|---|");
+            out.push_str(&"---:|".repeat(self.categories.len()));
+            out.push('\n');
+            for name in &self.order {
+                let Some(r) = self.strategies.get(name) else {
+                    continue;
+                };
+                if r.versus_hybrid.is_empty() {
+                    continue;
+                }
+                out.push_str(&format!("| {name} |"));
+                for c in &self.categories {
+                    match r.versus_hybrid.get(c) {
+                        Some(d) => out.push_str(&format!(
+                            " {:+.3} [{:+.3}, {:+.3}] |",
+                            d.mean, d.low, d.high
+                        )),
+                        None => out.push_str(" – |"),
+                    }
+                }
+                out.push('\n');
+            }
         }
         out.push_str(&format!("\nQuality: {}.\n", self.metric));
         if let Some(points) = &self.sweep {
@@ -1026,6 +1236,26 @@ mod tests {
     }
 
     #[test]
+    fn the_paired_bootstrap_brackets_the_mean_and_sees_noise() {
+        // A clear win: the interval excludes 0.
+        let a = vec![1.0; 40];
+        let b: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i % 4 == 0))).collect();
+        let d = paired_bootstrap(&a, &b, 7).unwrap();
+        assert!(
+            (d.mean - 0.75).abs() < 1e-12 && d.low > 0.5 && d.high <= 1.0,
+            "{d:?}"
+        );
+        // One item apart of 40: the interval holds 0.
+        let mut c = a.clone();
+        c[3] = 0.0;
+        let d = paired_bootstrap(&c, &a, 7).unwrap();
+        assert!(d.low < 0.0 && d.high >= 0.0 && d.low <= d.mean, "{d:?}");
+        assert_eq!(paired_bootstrap(&c, &a, 7), Some(d), "seeded");
+        assert!(paired_bootstrap(&[], &[], 7).is_none());
+        assert!(paired_bootstrap(&[1.0], &[1.0, 0.0], 7).is_none());
+    }
+
+    #[test]
     fn eval_files_are_checked_line_by_line() {
         let good = r#"{"prompt": "12 + 7?", "reference": "The answer is 19.", "label": 0}
 
@@ -1075,6 +1305,7 @@ mod tests {
             label: 0,
             choices: None,
             answer: None,
+            keywords: None,
         };
         assert_eq!(reasoning.score("The answer is 19."), 1.0);
         assert_eq!(reasoning.score("The answer is 18."), 0.0);
@@ -1084,8 +1315,23 @@ mod tests {
             label: 1,
             choices: Some(vec!["refund the order".into(), "reset the password".into()]),
             answer: Some(1),
+            keywords: None,
         };
         assert_eq!(choice.score("First, reset your password."), 1.0);
         assert_eq!(choice.score("We refund the order."), 0.0);
+        // A short-answer item with keywords is scored on them, generated or not.
+        let short = EvalItem {
+            prompt: "Capital of France?".into(),
+            reference: "The capital of France is Paris.".into(),
+            label: 0,
+            choices: Some(vec!["Lyon".into(), "Paris".into()]),
+            answer: Some(1),
+            keywords: Some(vec!["paris".into()]),
+        };
+        assert_eq!(short.score_generated("It is Paris."), 1.0);
+        assert_eq!(short.score_generated("It is Lyon, the capital."), 0.0);
+        // A procedure is scored by token F1 against its reference, not through its choices.
+        let f1 = choice.score_generated("reset the password");
+        assert_eq!(f1, protocol::quality::score("reset the password", ""));
     }
 }

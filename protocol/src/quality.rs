@@ -183,6 +183,18 @@ pub fn rouge_l(prediction: &str, reference: &str) -> f64 {
     2.0 * precision * recall / (precision + recall)
 }
 
+/// 1 when one of `keywords` (accepted short answers, e.g. `["8", "eight"]`) occurs in the
+/// prediction as a whole run of scoring tokens ([`score_tokens`]: case, punctuation and
+/// spacing do not matter, "paris" does not match "comparison"), else 0.
+pub fn keyword_match(prediction: &str, keywords: &[String]) -> f64 {
+    let text = score_tokens(prediction);
+    let hit = keywords.iter().any(|k| {
+        let k = score_tokens(k);
+        !k.is_empty() && text.windows(k.len()).any(|w| w == k.as_slice())
+    });
+    f64::from(u8::from(hit))
+}
+
 /// 1 when the final answers match, else 0.
 pub fn answer_match(prediction: &str, reference: &str) -> f64 {
     match (
@@ -197,6 +209,25 @@ pub fn answer_match(prediction: &str, reference: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keywords_match_whole_token_runs() {
+        let k = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(keyword_match("The capital is Paris.", &k(&["paris"])), 1.0);
+        assert_eq!(keyword_match("A comparison of cities", &k(&["paris"])), 0.0);
+        assert_eq!(
+            keyword_match("It's Carbon-Dioxide!", &k(&["carbon dioxide"])),
+            1.0
+        );
+        assert_eq!(
+            keyword_match("carbon and dioxide", &k(&["carbon dioxide"])),
+            0.0
+        );
+        assert_eq!(keyword_match("eight legs", &k(&["8", "eight"])), 1.0);
+        assert_eq!(keyword_match("18 legs", &k(&["8", "eight"])), 0.0);
+        assert_eq!(keyword_match("anything", &k(&["", " "])), 0.0);
+        assert_eq!(keyword_match("首都是巴黎", &k(&["巴黎"])), 1.0);
+    }
 
     #[test]
     fn rouge_l_follows_the_longest_common_subsequence() {

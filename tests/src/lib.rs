@@ -115,7 +115,10 @@ pub fn write_forged_config(
                 )
                 .replace(
                     "classifier-wasm/checkpoint",
-                    &root.join("classifier-wasm/checkpoint").display().to_string(),
+                    &root
+                        .join("classifier-wasm/checkpoint")
+                        .display()
+                        .to_string(),
                 )
         })
         .collect::<Vec<_>>()

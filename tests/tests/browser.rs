@@ -160,7 +160,10 @@ fn start_gateway(dir: &Path, trust: &str, web: Option<&Path>) -> Server {
                 )
                 .replace(
                     "classifier-wasm/checkpoint",
-                    &root.join("classifier-wasm/checkpoint").display().to_string(),
+                    &root
+                        .join("classifier-wasm/checkpoint")
+                        .display()
+                        .to_string(),
                 )
         })
         .collect::<Vec<_>>()

@@ -45,7 +45,10 @@ fn write_config(dir: &Path, models: &Path, trust: &str) -> PathBuf {
                 )
                 .replace(
                     "classifier-wasm/checkpoint",
-                    &root.join("classifier-wasm/checkpoint").display().to_string(),
+                    &root
+                        .join("classifier-wasm/checkpoint")
+                        .display()
+                        .to_string(),
                 )
         })
         .collect::<Vec<_>>()

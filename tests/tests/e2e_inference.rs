@@ -393,7 +393,7 @@ fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
         last_json(&out)
     };
 
-    let report = evaluate(&[]);
+    let report = evaluate(&["--choices", "likelihood"]);
     assert!(
         report["metric"]
             .as_str()
@@ -432,6 +432,27 @@ fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
     }
     for fused in ["ensemble", "btm_token", "btm_layer"] {
         assert_eq!(report["strategies"][fused]["cost"], 2.0, "{report}");
+    }
+
+    // The default, `both`: every item is generated and scored on its text, the choices
+    // are scored by likelihood beside it (the same picks as above), and each strategy is
+    // compared to hybrid on the same items with a bootstrap interval.
+    let both = evaluate(&[]);
+    for (name, r) in both["strategies"].as_object().unwrap() {
+        assert!(r["completion_tokens"].as_u64().unwrap() > 0, "{name}: {r}");
+        assert_eq!(
+            r["choice_quality"], report["strategies"][name]["quality"],
+            "{name}: {r}"
+        );
+        if name != "hybrid" {
+            let d = &r["versus_hybrid"]["overall"];
+            let (lo, mean, hi) = (
+                d["low"].as_f64().unwrap(),
+                d["mean"].as_f64().unwrap(),
+                d["high"].as_f64().unwrap(),
+            );
+            assert!(lo <= mean && mean <= hi && d["n"] == 3, "{name}: {d}");
+        }
     }
 
     let generated = evaluate(&["--choices", "generate"]);

@@ -60,9 +60,11 @@ struct Args {
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
-    /// With --eval_file: how multiple-choice items are scored: `likelihood` (the choice the
-    /// strategy finds likeliest) or `generate` (answer, then match the choices).
-    #[arg(long, default_value = "likelihood", requires = "eval_file")]
+    /// With --eval_file: `both` (every item answered and scored on the generated text, and
+    /// multiple-choice items also by likelihood, reported beside it), `likelihood` (the
+    /// choice the strategy finds likeliest, nothing generated for them) or `generate`
+    /// (answer, then match the choices).
+    #[arg(long, default_value = "both", requires = "eval_file")]
     choices: String,
 }
 
