@@ -36,6 +36,10 @@ pub struct EvalItem {
     /// Index of the correct choice.
     #[serde(default)]
     pub answer: Option<usize>,
+    /// Accepted short answers (`hybrid_inference` scores generated answers on them; here
+    /// they are read and kept, and answers are scored by token F1 and ROUGE-L).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keywords: Option<Vec<String>>,
 }
 
 /// Reads an eval file (JSON lines; blank lines skipped). Errors name the file and line.
@@ -199,4 +203,18 @@ pub fn evaluate(
         categories,
         items: scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_smollm2_eval_files_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/eval/smollm2");
+        let general = read_items(&dir.join("general.jsonl")).unwrap();
+        assert!(general.len() >= 60);
+        assert!(general.iter().all(|i| i.keywords.is_some()));
+        assert!(read_items(&dir.join("sop.jsonl")).unwrap().len() >= 40);
+    }
 }

@@ -1236,6 +1236,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_smollm2_eval_file_reads_with_keywords_on_every_general_item() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/eval/smollm2/hybrid.jsonl");
+        let items = read_eval_file(&path, &cats()).unwrap();
+        let general: Vec<&EvalItem> = items.iter().filter(|i| i.label == 0).collect();
+        assert!(general.len() >= 60 && items.len() - general.len() >= 40);
+        for item in general {
+            let keywords = item.keywords.as_ref().unwrap();
+            // The reference answer is right by its own keywords.
+            assert_eq!(item.score_generated(&item.reference), 1.0, "{item:?}");
+            assert!(!keywords.is_empty());
+        }
+    }
+
+    #[test]
     fn the_paired_bootstrap_brackets_the_mean_and_sees_noise() {
         // A clear win: the interval excludes 0.
         let a = vec![1.0; 40];
