@@ -92,6 +92,28 @@ pub fn forged_small_with_routers() -> PathBuf {
         .clone()
 }
 
+/// The shipped config's `hybrid:` section with absolute paths, and the rule-based kind
+/// these end-to-end tests were written around (the forged pair's routing on keywords).
+pub fn shipped_hybrid_section() -> String {
+    let root = workspace_root();
+    let shipped = std::fs::read_to_string(root.join("configs/config.yaml"))
+        .unwrap_or_else(|e| panic!("reading configs/config.yaml: {e}"));
+    let abs = |p: &str| root.join(p).display().to_string();
+    shipped
+        .lines()
+        .take_while(|l| !l.starts_with("experts:"))
+        .map(|l| {
+            l.replace("type: \"combined\"", "type: \"rule_based\"")
+                .replace("configs/rules.json", &abs("configs/rules.json"))
+                .replace(
+                    "classifier-wasm/checkpoint",
+                    &abs("classifier-wasm/checkpoint"),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A config over the forged small pair and its routers, written into `dir`: the shipped
 /// config's `hybrid` section (rule-based classifier) and one local expert process run by
 /// the workspace's `expert` binary. `extra_gateway` lines are appended to `gateway:`.
@@ -100,29 +122,7 @@ pub fn write_forged_config(
     models: &std::path::Path,
     extra_gateway: &str,
 ) -> PathBuf {
-    let root = workspace_root();
-    let shipped = std::fs::read_to_string(root.join("configs/config.yaml"))
-        .unwrap_or_else(|e| panic!("reading configs/config.yaml: {e}"));
-    let hybrid: String = shipped
-        .lines()
-        .take_while(|l| !l.starts_with("experts:"))
-        .map(|l| {
-            // These tests were written around the rule-based routing of the forged pair.
-            l.replace("type: \"combined\"", "type: \"rule_based\"")
-                .replace(
-                    "configs/rules.json",
-                    &root.join("configs/rules.json").display().to_string(),
-                )
-                .replace(
-                    "classifier-wasm/checkpoint",
-                    &root
-                        .join("classifier-wasm/checkpoint")
-                        .display()
-                        .to_string(),
-                )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let hybrid = shipped_hybrid_section();
     let text = format!(
         "{hybrid}
 experts:

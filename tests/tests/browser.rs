@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use classifier::train::{TrainOptions, train};
 use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
-use hybrid_tests::{workspace_bin, workspace_root};
+use hybrid_tests::{shipped_hybrid_section, workspace_bin, workspace_root};
 use serde_json::{Value, json};
 
 const EDGE_SECRET: &str = "browser-test-edge-secret-0123456789";
@@ -145,29 +145,8 @@ fn spawn_server(mut command: Command, tag: &'static str) -> Server {
 }
 
 fn start_gateway(dir: &Path, trust: &str, web: Option<&Path>) -> Server {
-    let root = workspace_root();
     let models = models();
-    let hybrid: String = std::fs::read_to_string(root.join("configs/config.yaml"))
-        .unwrap()
-        .lines()
-        .take_while(|l| !l.starts_with("experts:"))
-        .map(|l| {
-            // These tests were written around the rule-based routing of the forged pair.
-            l.replace("type: \"combined\"", "type: \"rule_based\"")
-                .replace(
-                    "configs/rules.json",
-                    &root.join("configs/rules.json").display().to_string(),
-                )
-                .replace(
-                    "classifier-wasm/checkpoint",
-                    &root
-                        .join("classifier-wasm/checkpoint")
-                        .display()
-                        .to_string(),
-                )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let hybrid = shipped_hybrid_section();
     let web_line = web.map_or(String::new(), |w| format!("  web_dir: {}\n", w.display()));
     let text = format!(
         "{hybrid}

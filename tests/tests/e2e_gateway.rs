@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hybrid_tests::{workspace_bin, workspace_root};
+use hybrid_tests::{shipped_hybrid_section, workspace_bin};
 
 /// The small forged pair and its routers, cached under the target directory.
 fn models() -> PathBuf {
@@ -31,28 +31,7 @@ impl Drop for Gateway {
 }
 
 fn write_config(dir: &Path, models: &Path, trust: &str) -> PathBuf {
-    let root = workspace_root();
-    let hybrid = std::fs::read_to_string(root.join("configs/config.yaml")).unwrap();
-    let hybrid: String = hybrid
-        .lines()
-        .take_while(|l| !l.starts_with("experts:"))
-        .map(|l| {
-            // These tests were written around the rule-based routing of the forged pair.
-            l.replace("type: \"combined\"", "type: \"rule_based\"")
-                .replace(
-                    "configs/rules.json",
-                    &root.join("configs/rules.json").display().to_string(),
-                )
-                .replace(
-                    "classifier-wasm/checkpoint",
-                    &root
-                        .join("classifier-wasm/checkpoint")
-                        .display()
-                        .to_string(),
-                )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let hybrid = shipped_hybrid_section();
     let text = format!(
         "{hybrid}
 experts:
