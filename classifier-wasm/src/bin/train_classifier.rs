@@ -282,15 +282,30 @@ fn run_training(
         .clone()
         .unwrap_or_else(|| config.classifier.checkpoint_dir.clone());
     model.save(&out_dir)?;
-    // The combined kind's layer, fitted on the same validation split, over the config's rules.
-    let rules = RuleBasedClassifier::new(config.rule_set()?)?;
-    let combined = classifier::combined::fit(model.clone(), rules, &val_set)?;
-    combined.save_combiner(&out_dir)?;
-    let cm = combined.meta();
-    println!(
-        "combiner: learned_weight={:.4} rule_weight={:.4} bias={:?}",
-        cm.learned_weight, cm.rule_weight, cm.bias
-    );
+    // The combined kind's layer, fitted on the same validation split, over the config's
+    // rules. A config of another kind whose rules cannot be read still gets its learned
+    // checkpoint (with a warning); a combined config needs the layer.
+    let combined = match config.rule_set() {
+        Ok(rules) => {
+            let combined = classifier::combined::fit(
+                model.clone(),
+                RuleBasedClassifier::new(rules)?,
+                &val_set,
+            )?;
+            combined.save_combiner(&out_dir)?;
+            let cm = combined.meta();
+            println!(
+                "combiner: learned_weight={:.4} rule_weight={:.4} bias={:?}",
+                cm.learned_weight, cm.rule_weight, cm.bias
+            );
+            Some(combined)
+        }
+        Err(e) if config.classifier.kind == ClassifierKind::Combined => return Err(e.into()),
+        Err(e) => {
+            eprintln!("warning: no combiner fitted (the rules could not be read): {e}");
+            None
+        }
+    };
     println!(
         "trained on {} queries ({} epochs, {:.2} s), calibrated on {} from {}",
         report.n_train,
@@ -325,19 +340,21 @@ fn run_training(
             m.ece
         );
         print!("reliability (test, calibrated):\n{}", reliability_table(&m));
-        let cmb = eval_classifier(&combined, &test_set)?;
-        println!(
-            "test {} (combined)  n={} accuracy={:.4} macro_f1={:.4} ece={:.4}",
-            test_file.display(),
-            cmb.n,
-            cmb.accuracy,
-            cmb.macro_f1,
-            cmb.ece
-        );
         metrics["test"] = serde_json::to_value(&m)?;
-        metrics["test_combined"] = serde_json::to_value(&cmb)?;
         json_out.insert("test".into(), serde_json::to_value(&m)?);
-        json_out.insert("test_combined".into(), serde_json::to_value(&cmb)?);
+        if let Some(combined) = &combined {
+            let cmb = eval_classifier(combined, &test_set)?;
+            println!(
+                "test {} (combined)  n={} accuracy={:.4} macro_f1={:.4} ece={:.4}",
+                test_file.display(),
+                cmb.n,
+                cmb.accuracy,
+                cmb.macro_f1,
+                cmb.ece
+            );
+            metrics["test_combined"] = serde_json::to_value(&cmb)?;
+            json_out.insert("test_combined".into(), serde_json::to_value(&cmb)?);
+        }
     } else {
         print!(
             "reliability (validation, calibrated):\n{}",
