@@ -155,9 +155,7 @@ impl CombinedClassifier {
         let path = dir.join(COMBINER_FILE);
         let json = serde_json::to_vec_pretty(&self.meta)
             .map_err(|e| ClassifierError::checkpoint(&path, e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json).map_err(|e| ClassifierError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| ClassifierError::io(&path, e))
+        crate::learned::write_atomic(&path, &json)
     }
 
     pub fn meta(&self) -> &CombinerMeta {

@@ -259,7 +259,7 @@ impl LearnedClassifier {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| ClassifierError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ClassifierError::io(path, e))

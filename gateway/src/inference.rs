@@ -565,33 +565,20 @@ impl Session {
             let (sum, k) = v.fold((0.0, 0usize), |(s, k), x| (s + x, k + 1));
             (k > 0).then(|| sum / k as f64)
         };
-        let by_category = self
-            .config
-            .hybrid
-            .categories
-            .iter()
-            .enumerate()
-            .filter_map(|(i, name)| {
-                let q = mean(&mut scores.iter().filter(|(l, _)| *l == i).map(|(_, s)| *s))?;
-                Some((name.clone(), q))
-            })
-            .collect();
-        let choice_by_category = self
-            .config
-            .hybrid
-            .categories
-            .iter()
-            .enumerate()
-            .filter_map(|(i, name)| {
-                let q = mean(
-                    &mut choice_scores
-                        .iter()
-                        .filter(|(l, _)| *l == i)
-                        .map(|(_, s)| *s),
-                )?;
-                Some((name.clone(), q))
-            })
-            .collect();
+        let per_category = |scores: &[(usize, f64)]| -> BTreeMap<String, f64> {
+            self.config
+                .hybrid
+                .categories
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let q = mean(&mut scores.iter().filter(|(l, _)| *l == i).map(|(_, s)| *s))?;
+                    Some((name.clone(), q))
+                })
+                .collect()
+        };
+        let by_category = per_category(&scores);
+        let choice_by_category = per_category(&choice_scores);
         Ok(StrategyResult {
             quality: mean(&mut scores.iter().map(|(_, s)| *s)).unwrap_or(0.0),
             quality_by_category: by_category,
