@@ -14,6 +14,7 @@ use experts::chat::ChatMessage;
 use experts::fusion::{Fusion, LayerMixer, TokenRouter, generate_fused};
 use experts::generate::SamplingParams;
 use experts::loader::load_model;
+use protocol::Mix;
 
 const PROMPTS: [&str; 4] = [
     "How do I reset my password?",
@@ -64,6 +65,15 @@ fn main() {
             Fusion::Ensemble {
                 models: models.to_vec(),
                 weights: vec![0.5, 0.5],
+                mix: Mix::Linear,
+            },
+        ),
+        (
+            "ensemble_log",
+            Fusion::Ensemble {
+                models: models.to_vec(),
+                weights: vec![0.5, 0.5],
+                mix: Mix::Log,
             },
         ),
         (

@@ -47,6 +47,7 @@ async fn serve(dir: &std::path::Path, max_batch: usize) -> String {
         device: "cpu".into(),
         routers: BTreeMap::new(),
         mixers: BTreeMap::new(),
+        deferral_heads: BTreeMap::new(),
         max_queue: 256,
         max_batch,
         weights: BTreeMap::new(),

@@ -18,6 +18,7 @@ use experts::fusion::{FusedSequence, Fusion};
 use experts::loader::{LoadedModel, load_model};
 use experts::wgpu_backend::{WgpuMixing, WgpuModel, WgpuSequence};
 use gpu::GpuContext;
+use protocol::Mix;
 
 const PROMPT_LEN: usize = 16;
 const NEW_TOKENS: usize = 48;
@@ -116,6 +117,7 @@ fn main() {
             Fusion::Ensemble {
                 models: vec![&a, &b],
                 weights: vec![1.0, 1.0],
+                mix: Mix::Linear,
             },
             vec![&ga, &gb],
         ),

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use protocol::Mix;
+
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
 
@@ -244,8 +246,8 @@ pub fn router_weights<B: Ops>(
 pub enum Mixing<'a, B: Ops> {
     /// One expert (its distribution as is).
     Single,
-    /// Normalised weights of the experts' distributions.
-    Ensemble(&'a [f32]),
+    /// Weights of the experts' distributions (normalised here), mixed as `mix` says.
+    Ensemble { weights: &'a [f32], mix: Mix },
     /// The router's weights of the experts' distributions; `hard` keeps the top-1 alone.
     Token {
         router: &'a RouterWeights<B>,
@@ -260,7 +262,11 @@ impl<B: Ops> fmt::Debug for Mixing<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Single => f.write_str("Single"),
-            Self::Ensemble(w) => f.debug_tuple("Ensemble").field(w).finish(),
+            Self::Ensemble { weights, mix } => f
+                .debug_struct("Ensemble")
+                .field("weights", weights)
+                .field("mix", mix)
+                .finish(),
             Self::Token { hard, .. } => f.debug_struct("Token").field("hard", hard).finish(),
             Self::Layer(c) => f.debug_tuple("Layer").field(c).finish(),
         }
@@ -274,6 +280,12 @@ pub struct FusedStep<T> {
     pub probs: T,
     /// Mixing weight of each expert (empty for `Single`; the mean over layers for `Layer`).
     pub weights: Vec<f32>,
+}
+
+/// `w` scaled to sum to 1 (validated non-negative with a positive sum before it gets here).
+pub(crate) fn normalised(w: &[f32]) -> Vec<f32> {
+    let total: f32 = w.iter().sum();
+    w.iter().map(|x| x / total).collect()
 }
 
 /// Hard routing: weight 1 on the first largest weight, 0 elsewhere.
@@ -324,11 +336,17 @@ pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
             "hard btm_token routing gives one position at a time; score with soft routing".into(),
         ));
     }
+    let log_mix = matches!(mixing, Mixing::Ensemble { mix: Mix::Log, .. });
     let mut probs = Vec::with_capacity(models.len());
+    let mut logits = Vec::new();
     let mut hidden = Vec::with_capacity(models.len());
     for (m, c) in models.iter().zip(caches.iter_mut()) {
         let out = forward(ops, *m, &input, ids.len(), Some(&mut **c), last_only, true)?;
-        probs.push(ops.softmax(&out.logits)?);
+        if log_mix {
+            logits.push(out.logits);
+        } else {
+            probs.push(ops.softmax(&out.logits)?);
+        }
         let normed = out
             .hidden_states
             .and_then(|mut h| h.pop())
@@ -340,13 +358,15 @@ pub fn fused_step<B: Ops, W: Weights<B> + ?Sized>(
             probs: probs.swap_remove(0),
             weights: Vec::new(),
         }),
-        Mixing::Ensemble(w) => {
-            let total: f32 = w.iter().sum();
-            let w: Vec<f32> = w.iter().map(|x| x / total).collect();
-            Ok(FusedStep {
-                probs: ops.mix(&probs.iter().collect::<Vec<_>>(), &w)?,
-                weights: w,
-            })
+        Mixing::Ensemble { weights, mix } => {
+            let w = normalised(weights);
+            let probs = match mix {
+                Mix::Linear => ops.mix(&probs.iter().collect::<Vec<_>>(), &w)?,
+                // softmax(Σ wᵢ log pᵢ) = softmax(Σ wᵢ zᵢ): each log-softmax differs from
+                // its logits by a constant per position, which the softmax drops.
+                Mix::Log => ops.softmax(&ops.mix(&logits.iter().collect::<Vec<_>>(), &w)?)?,
+            };
+            Ok(FusedStep { probs, weights: w })
         }
         Mixing::Token { router, hard } => {
             let h: Vec<&B::T> = hidden.iter().collect();

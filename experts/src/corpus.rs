@@ -2244,6 +2244,197 @@ fn sop_area_items(seed: u64, n: usize, eval: bool, area: SopArea) -> Vec<Example
 // Tests
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// General questions (prompts only: the foundation answers them itself)
+// ---------------------------------------------------------------------------------------------
+
+const SALT_GENERAL_QUESTIONS: u64 = 0x6771_7565_7374_6e00;
+
+/// `(template, slot list)`: `{}` is replaced by one entry of the list.
+const GENERAL_QUESTION_TEMPLATES: &[(&str, &[&str])] = &[
+    (
+        "What is {}?",
+        &[
+            "photosynthesis",
+            "a volcano",
+            "democracy",
+            "gravity",
+            "an atom",
+            "a rainbow",
+            "inflation in economics",
+            "a haiku",
+            "the water cycle",
+            "a black hole",
+            "a noun",
+            "a prime number",
+            "the immune system",
+            "a glacier",
+            "an eclipse",
+            "friction",
+        ],
+    ),
+    (
+        "Explain {} in simple words.",
+        &[
+            "how bees make honey",
+            "why the sea is salty",
+            "how a bicycle stays upright",
+            "what clouds are made of",
+            "how vaccines work",
+            "why leaves change colour",
+            "how magnets work",
+            "what an election is",
+            "how bread rises",
+            "why we sleep",
+        ],
+    ),
+    (
+        "Give me three tips for {}.",
+        &[
+            "studying for an exam",
+            "sleeping better",
+            "saving money",
+            "learning to cook",
+            "keeping a plant alive",
+            "running a first 5 km",
+            "writing a clear email",
+            "staying focused at work",
+            "travelling light",
+            "making new friends",
+        ],
+    ),
+    (
+        "Who was {}?",
+        &[
+            "Marie Curie",
+            "Leonardo da Vinci",
+            "Isaac Newton",
+            "Cleopatra",
+            "Confucius",
+            "Mahatma Gandhi",
+            "Ada Lovelace",
+            "Galileo Galilei",
+            "William Shakespeare",
+            "Nelson Mandela",
+        ],
+    ),
+    (
+        "Write a short poem about {}.",
+        &[
+            "the autumn wind",
+            "a cup of tea",
+            "the night sky",
+            "an old friend",
+            "the ocean",
+            "a rainy morning",
+            "a cat asleep",
+            "the first snow",
+        ],
+    ),
+    (
+        "What is the difference between {}?",
+        &[
+            "weather and climate",
+            "a virus and a bacterium",
+            "speed and velocity",
+            "a lake and a pond",
+            "an alligator and a crocodile",
+            "baking and roasting",
+            "a poem and a song",
+            "a comet and an asteroid",
+        ],
+    ),
+    (
+        "How do I {}?",
+        &[
+            "boil an egg",
+            "tie a tie",
+            "make a paper plane",
+            "plant tomatoes",
+            "start journaling",
+            "fold a shirt neatly",
+            "make a cup of green tea",
+            "remember names better",
+            "stretch after a run",
+        ],
+    ),
+    (
+        "Why do {}?",
+        &[
+            "cats purr",
+            "birds migrate",
+            "onions make us cry",
+            "stars twinkle",
+            "we have seasons",
+            "ice cubes float",
+            "people yawn",
+            "dogs wag their tails",
+        ],
+    ),
+    (
+        "Tell me a fun fact about {}.",
+        &[
+            "octopuses",
+            "the Moon",
+            "honey",
+            "penguins",
+            "the human heart",
+            "Mount Everest",
+            "elephants",
+            "the Sahara desert",
+            "bananas",
+        ],
+    ),
+    (
+        "Summarise the story of {} in two sentences.",
+        &[
+            "Cinderella",
+            "Romeo and Juliet",
+            "the tortoise and the hare",
+            "Little Red Riding Hood",
+            "Robinson Crusoe",
+        ],
+    ),
+    (
+        "Can you suggest {}?",
+        &[
+            "a name for a goldfish",
+            "a healthy breakfast",
+            "a board game for four players",
+            "a gift for a teacher",
+            "a weekend hobby",
+            "a title for a travel blog",
+        ],
+    ),
+    (
+        "Is it true that {}?",
+        &[
+            "goldfish only remember three seconds",
+            "lightning never strikes twice",
+            "we use only ten percent of our brain",
+            "bats are blind",
+            "carrots help you see",
+        ],
+    ),
+];
+
+/// General questions for the foundation to answer itself (the deferral head's in-domain
+/// text for "stay with the foundation"), drawn from hand-written templates and slots that
+/// share no item with the eval files; the same seed gives the same list.
+pub fn general_questions(seed: u64, n: usize) -> Vec<String> {
+    let mut rng = rng_for(seed, SALT_GENERAL_QUESTIONS);
+    let mut all: Vec<String> = GENERAL_QUESTION_TEMPLATES
+        .iter()
+        .flat_map(|(t, slots)| slots.iter().map(move |s| t.replace("{}", s)))
+        .collect();
+    for i in (1..all.len()).rev() {
+        let j = rng.random_range(0..=i);
+        all.swap(i, j);
+    }
+    all.truncate(n.min(MAX_ITEMS));
+    all
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

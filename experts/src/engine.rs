@@ -76,7 +76,8 @@ pub fn build_fusion<'r>(reg: &'r Registry, mode: &FusionMode) -> Result<Fusion<'
                 .copied()
                 .ok_or_else(|| ExpertError::InvalidRequest("no model".into()))?,
         ),
-        FusionMode::Ensemble { weights, .. } => Fusion::Ensemble {
+        FusionMode::Ensemble { weights, mix, .. } => Fusion::Ensemble {
+            mix: *mix,
             weights: weights.clone().unwrap_or_else(|| vec![1.0; models.len()]),
             models,
         },
@@ -91,6 +92,22 @@ pub fn build_fusion<'r>(reg: &'r Registry, mode: &FusionMode) -> Result<Fusion<'
                 ))
             })?,
             hard: *hard,
+            models,
+        },
+        FusionMode::Defer {
+            head, threshold, ..
+        } => Fusion::Defer {
+            head: pick(&reg.deferral_heads, head.as_deref(), &names, |h| {
+                &h.config.experts
+            })
+            .ok_or_else(|| {
+                ExpertError::InvalidRequest(format!(
+                    "no deferral head {} is loaded (train one with train_router --kind defer)",
+                    wanted(head.as_deref(), &names)
+                ))
+            })?,
+            threshold: *threshold,
+            lazy: true,
             models,
         },
         FusionMode::BtmLayer { coefficients, .. } => Fusion::BtmLayer {
@@ -194,6 +211,7 @@ impl Seq<'_> {
                     return Ok(StepOutput {
                         probs: candle_core::Tensor::from_vec(one_hot, n, cpu)?,
                         weights: out.weights,
+                        catch_up: 0,
                     });
                 }
                 // Sampling (temperature, top-k/p, penalties) reads the distribution.
@@ -202,6 +220,7 @@ impl Seq<'_> {
                 Ok(StepOutput {
                     probs: candle_core::Tensor::from_vec(out.value, n, cpu)?,
                     weights: out.weights,
+                    catch_up: 0,
                 })
             }
         }
@@ -412,7 +431,6 @@ fn run(reg: &Registry, jobs: &Receiver<Job>, max_batch: usize) {
 /// The final record of a generation.
 pub fn final_record(g: &FusedGeneration, want_weights: bool, queue_ms: f64) -> FinalRecord {
     let gen_ = &g.generation;
-    let n = gen_.prompt_tokens + gen_.tokens.len();
     FinalRecord {
         finish_reason: match gen_.finish_reason {
             FinishReason::Stop => "stop",
@@ -426,14 +444,15 @@ pub fn final_record(g: &FusedGeneration, want_weights: bool, queue_ms: f64) -> F
         },
         cost: Cost {
             forwards_per_token: g.cost,
-            total_token_forwards: (n as f64 * f64::from(g.cost)) as u64,
+            total_token_forwards: g.token_forwards,
         },
         timings: Timings {
             queue_ms,
             prefill_ms: gen_.prefill_seconds * 1e3,
             decode_ms: gen_.decode_seconds * 1e3,
         },
-        routing_weights: (want_weights && g.cost > 1.0).then(|| g.routing_weights.clone()),
+        routing_weights: (want_weights && g.routing_weights.iter().any(|w| !w.is_empty()))
+            .then(|| g.routing_weights.clone()),
     }
 }
 

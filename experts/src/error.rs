@@ -17,6 +17,11 @@ pub enum ExpertError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// This process cannot serve what was asked, though the request is well formed (a
+    /// mode its device does not implement): the server's limit, not the client's fault.
+    #[error("unsupported here: {0}")]
+    Unsupported(String),
+
     /// Tokenizer failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

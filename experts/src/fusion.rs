@@ -21,7 +21,10 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Mixing, fused_step, one_hot_argmax};
+use protocol::Mix;
+
+use crate::backend::{Mixing, fused_step, normalised, one_hot_argmax};
+use crate::defer::DeferralHead;
 use crate::error::{ExpertError, Result};
 use crate::generate::{FinishReason, Generation, Sampler, SamplingParams, StopFilter};
 use crate::loader::LoadedModel;
@@ -178,6 +181,7 @@ pub enum Fusion<'a> {
     Ensemble {
         models: Vec<&'a LoadedModel>,
         weights: Vec<f32>,
+        mix: Mix,
     },
     BtmToken {
         models: Vec<&'a LoadedModel>,
@@ -188,6 +192,17 @@ pub enum Fusion<'a> {
         models: Vec<&'a LoadedModel>,
         mixer: &'a LayerMixer,
     },
+    /// Lazy token-level deferral ([`crate::defer`]): `models[0]` decodes; where the head's
+    /// deferral probability is at least `threshold`, `models[1]`'s distribution is used and
+    /// its cache catches up on the tokens it skipped. `lazy: false` runs `models[1]` at
+    /// every step (the same tokens at twice the cost: the reference the lazy path is tested
+    /// against).
+    Defer {
+        models: Vec<&'a LoadedModel>,
+        head: &'a DeferralHead,
+        threshold: f32,
+        lazy: bool,
+    },
 }
 
 impl<'a> Fusion<'a> {
@@ -197,11 +212,12 @@ impl<'a> Fusion<'a> {
             Self::Single(m) => std::slice::from_ref(m),
             Self::Ensemble { models, .. }
             | Self::BtmToken { models, .. }
-            | Self::BtmLayer { models, .. } => models,
+            | Self::BtmLayer { models, .. }
+            | Self::Defer { models, .. } => models,
         }
     }
 
-    /// Model forwards per token.
+    /// Model forwards per token (for `defer`, at most: a generation reports what it spent).
     pub fn cost(&self) -> f32 {
         self.models().len() as f32
     }
@@ -221,7 +237,9 @@ impl<'a> Fusion<'a> {
             return bad("fused experts must share a vocabulary".into());
         }
         match self {
-            Self::Ensemble { models, weights } => {
+            Self::Ensemble {
+                models, weights, ..
+            } => {
                 if weights.len() != models.len()
                     || weights.iter().any(|w| !w.is_finite() || *w < 0.0)
                 {
@@ -263,6 +281,25 @@ impl<'a> Fusion<'a> {
                     ));
                 }
             }
+            Self::Defer {
+                models,
+                head,
+                threshold,
+                ..
+            } => {
+                if models.len() != 2 {
+                    return bad(format!("defer fuses two experts, not {}", models.len()));
+                }
+                if head.config.hidden_size != models[0].decoder.config().hidden_size {
+                    return bad(format!(
+                        "deferral head for {:?} (hidden {}) does not fit these experts",
+                        head.config.experts, head.config.hidden_size
+                    ));
+                }
+                if !(0.0..=1.0).contains(threshold) {
+                    return bad(format!("defer threshold {threshold} is not in [0, 1]"));
+                }
+            }
             Self::Single(_) => {}
         }
         Ok(())
@@ -274,13 +311,24 @@ impl<'a> Fusion<'a> {
 pub struct StepOutput {
     /// `[vocab]` probabilities.
     pub probs: Tensor,
-    /// Mixing weight of each expert at this step (empty for `single`).
+    /// Mixing weight of each expert at this step (empty for `single`; for `defer` 1 on the
+    /// expert whose distribution was used).
     pub weights: Vec<f32>,
+    /// `defer`: tokens the deferred-to expert was fed at this step (its catch-up, the
+    /// prompt included on its first turn); 0 for the other modes.
+    pub catch_up: usize,
 }
 
-/// What one expert gives a sequence at one step: probabilities `[vocab]` of the next token
-/// and the final normed hidden state `[1, hidden]`.
-type ExpertOut = (Tensor, Tensor);
+/// What one expert gives a sequence at one step.
+#[derive(Debug, Clone)]
+struct ExpertOut {
+    /// `[vocab]` probabilities of the next token.
+    probs: Tensor,
+    /// `[vocab]` logits (f32) of the next token (what a log-space ensemble mixes).
+    logits: Tensor,
+    /// The final normed hidden state `[1, hidden]` (what the token router reads).
+    hidden: Tensor,
+}
 
 /// Runs `jobs` on scoped threads (one per job; inline when there is one) and collects
 /// their results in order.
@@ -350,6 +398,8 @@ fn mean_coefficients(weights: &[Vec<f32>], experts: usize) -> Vec<f32> {
 pub struct FusedSequence<'a> {
     fusion: Fusion<'a>,
     caches: Vec<KvCache>,
+    /// `defer`: the tokens fed to the sequence that the deferred-to expert has not read yet.
+    pending: Vec<u32>,
 }
 
 impl<'a> FusedSequence<'a> {
@@ -360,29 +410,98 @@ impl<'a> FusedSequence<'a> {
             .iter()
             .map(|m| m.decoder.new_cache())
             .collect();
-        Ok(Self { fusion, caches })
+        Ok(Self {
+            fusion,
+            caches,
+            pending: Vec::new(),
+        })
     }
 
     /// Feeds `ids` (the prompt, or one token) to this sequence alone and returns the
     /// next-token distribution with the mixing weights. This is the generic fusion step of
     /// [`crate::backend`] on the candle device, the one the wgpu device runs too.
     pub fn step(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        if let Fusion::Defer { .. } = self.fusion {
+            return self.defer_step(ids);
+        }
         let out = self.run(ids, true)?;
         Ok(StepOutput {
             probs: out.probs.flatten_all()?.to_dtype(DType::F32)?,
             weights: out.weights,
+            catch_up: 0,
         })
+    }
+
+    /// `defer`, one sequence alone: the first expert reads `ids`, its head decides, and on
+    /// a deferral the second expert reads everything it skipped in one call.
+    fn defer_step(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        let Fusion::Defer {
+            models,
+            head,
+            threshold,
+            lazy,
+        } = &self.fusion
+        else {
+            return Err(ExpertError::InvalidRequest("not a defer sequence".into()));
+        };
+        let (base, expert) = (models[0], models[1]);
+        let (base_probs, hidden) = feed(base, &mut self.caches[0], ids)?;
+        let defer = head.probabilities(&hidden)?.first().copied().unwrap_or(0.0) >= *threshold;
+        self.pending.extend_from_slice(ids);
+        let mut catch_up = 0;
+        let mut expert_probs = None;
+        if defer || !*lazy {
+            catch_up = self.pending.len();
+            expert_probs = Some(feed(expert, &mut self.caches[1], &self.pending)?.0);
+            self.pending.clear();
+        }
+        Ok(deferral_output(base_probs, expert_probs, defer, catch_up))
     }
 
     /// Feeds `ids` and returns the fused next-token distribution after every one of them,
     /// `[ids.len(), vocab]` (teacher forcing: what [`score_continuations`] reads).
     pub fn step_positions(&mut self, ids: &[u32]) -> Result<Tensor> {
+        if let Fusion::Defer { .. } = self.fusion {
+            return self.defer_positions(ids);
+        }
         let out = self.run(ids, false)?;
         let vocab = out.probs.dim(candle_core::D::Minus1)?;
         Ok(out
             .probs
             .reshape((ids.len(), vocab))?
             .to_dtype(DType::F32)?)
+    }
+
+    /// `defer` by teacher forcing: both experts read every position (the second one after
+    /// catching up), and each position takes the distribution its deferral picks.
+    fn defer_positions(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let Fusion::Defer {
+            models,
+            head,
+            threshold,
+            ..
+        } = &self.fusion
+        else {
+            return Err(ExpertError::InvalidRequest("not a defer sequence".into()));
+        };
+        if ids.is_empty() {
+            return Err(ExpertError::InvalidRequest("no tokens to feed".into()));
+        }
+        let (base, expert) = (models[0], models[1]);
+        let (base_probs, hidden) = feed_positions(base, &mut self.caches[0], ids)?;
+        self.pending.extend_from_slice(ids);
+        let (expert_probs, _) = feed_positions(expert, &mut self.caches[1], &self.pending)?;
+        self.pending.clear();
+        let t = ids.len();
+        let expert_probs = expert_probs.narrow(0, expert_probs.dim(0)? - t, t)?;
+        let mask: Vec<f32> = head
+            .probabilities(&hidden)?
+            .iter()
+            .map(|&d| f32::from(u8::from(d >= *threshold)))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, 1), base_probs.device())?;
+        let keep = mask.affine(-1.0, 1.0)?;
+        Ok((base_probs.broadcast_mul(&keep)? + expert_probs.broadcast_mul(&mask)?)?)
     }
 
     fn run(&mut self, ids: &[u32], last_only: bool) -> Result<crate::backend::FusedStep<Tensor>> {
@@ -398,7 +517,7 @@ impl<'a> FusedSequence<'a> {
         let (router, coefficients);
         let mixing = match &self.fusion {
             Fusion::Single(_) => Mixing::Single,
-            Fusion::Ensemble { weights, .. } => Mixing::Ensemble(weights),
+            Fusion::Ensemble { weights, mix, .. } => Mixing::Ensemble { weights, mix: *mix },
             Fusion::BtmToken {
                 router: r, hard, ..
             } => {
@@ -412,9 +531,91 @@ impl<'a> FusedSequence<'a> {
                 coefficients = mixer.weights()?.to_vec2::<f32>()?;
                 Mixing::Layer(&coefficients)
             }
+            Fusion::Defer { .. } => {
+                return Err(ExpertError::InvalidRequest(
+                    "defer runs through its own step".into(),
+                ));
+            }
         };
         let mut caches: Vec<_> = self.caches.iter_mut().map(KvCache::layers_mut).collect();
         fused_step(&ops, &decoders, &mut caches, &mixing, ids, last_only)
+    }
+}
+
+/// Feeds `ids` to one model's cache: the next-token probabilities `[vocab]` (f32) after the
+/// last of them and the final normed hidden state `[1, hidden]` there.
+fn feed(model: &LoadedModel, cache: &mut KvCache, ids: &[u32]) -> Result<(Tensor, Tensor)> {
+    let ops = model.decoder.ops(Path::Fused);
+    let input = crate::backend::Ops::ids(&ops, ids)?;
+    let out = crate::backend::forward(
+        &ops,
+        &model.decoder,
+        &input,
+        ids.len(),
+        Some(cache.layers_mut()),
+        true,
+        true,
+    )?;
+    let hidden = out
+        .hidden_states
+        .and_then(|mut h| h.pop())
+        .ok_or_else(|| ExpertError::InvalidRequest("no hidden state".into()))?;
+    let vocab = out.logits.dim(D::Minus1)?;
+    let logits = out.logits.reshape(vocab)?.to_dtype(DType::F32)?;
+    let h = model.decoder.config().hidden_size;
+    Ok((
+        candle_nn::ops::softmax_last_dim(&logits)?,
+        hidden.reshape((1, h))?.to_dtype(DType::F32)?,
+    ))
+}
+
+/// [`feed`] at every position: probabilities `[ids.len(), vocab]` and hidden states
+/// `[ids.len(), hidden]`.
+fn feed_positions(
+    model: &LoadedModel,
+    cache: &mut KvCache,
+    ids: &[u32],
+) -> Result<(Tensor, Tensor)> {
+    let ops = model.decoder.ops(Path::Fused);
+    let input = crate::backend::Ops::ids(&ops, ids)?;
+    let out = crate::backend::forward(
+        &ops,
+        &model.decoder,
+        &input,
+        ids.len(),
+        Some(cache.layers_mut()),
+        false,
+        true,
+    )?;
+    let hidden = out
+        .hidden_states
+        .and_then(|mut h| h.pop())
+        .ok_or_else(|| ExpertError::InvalidRequest("no hidden state".into()))?;
+    let t = ids.len();
+    let vocab = out.logits.dim(D::Minus1)?;
+    let logits = out.logits.reshape((t, vocab))?.to_dtype(DType::F32)?;
+    let h = model.decoder.config().hidden_size;
+    Ok((
+        candle_nn::ops::softmax_last_dim(&logits)?,
+        hidden.reshape((t, h))?.to_dtype(DType::F32)?,
+    ))
+}
+
+/// A `defer` step's output: the expert's distribution when deferred, else the base's.
+fn deferral_output(
+    base: Tensor,
+    expert: Option<Tensor>,
+    defer: bool,
+    catch_up: usize,
+) -> StepOutput {
+    let (probs, weights) = match expert {
+        Some(p) if defer => (p, vec![0.0, 1.0]),
+        _ => (base, vec![1.0, 0.0]),
+    };
+    StepOutput {
+        probs,
+        weights,
+        catch_up,
     }
 }
 
@@ -486,24 +687,32 @@ pub fn score_continuations(
 fn combine(fusion: &Fusion<'_>, mut outs: Vec<ExpertOut>) -> Result<StepOutput> {
     match fusion {
         Fusion::Single(_) => {
-            let (probs, _) = outs
+            let ExpertOut { probs, .. } = outs
                 .pop()
                 .ok_or_else(|| ExpertError::InvalidRequest("no expert output".into()))?;
             Ok(StepOutput {
                 probs,
                 weights: Vec::new(),
+                catch_up: 0,
             })
         }
-        Fusion::Ensemble { weights, .. } => {
-            let total: f32 = weights.iter().sum();
-            let w: Vec<f32> = weights.iter().map(|x| x / total).collect();
+        Fusion::Ensemble { weights, mix, .. } => {
+            let w = normalised(weights);
+            let probs = match mix {
+                Mix::Linear => mix_probs(&outs, &w)?,
+                Mix::Log => {
+                    let logits: Vec<Tensor> = outs.iter().map(|o| o.logits.clone()).collect();
+                    candle_nn::ops::softmax_last_dim(&mix_streams(&logits, &w)?)?
+                }
+            };
             Ok(StepOutput {
-                probs: mix_probs(&outs, &w)?,
+                probs,
                 weights: w,
+                catch_up: 0,
             })
         }
         Fusion::BtmToken { router, hard, .. } => {
-            let hidden: Vec<Tensor> = outs.iter().map(|(_, h)| h.clone()).collect();
+            let hidden: Vec<Tensor> = outs.iter().map(|o| o.hidden.clone()).collect();
             let mut w: Vec<f32> = router.weights(&hidden)?.squeeze(0)?.to_vec1()?;
             if *hard {
                 w = one_hot_argmax(&w);
@@ -511,10 +720,14 @@ fn combine(fusion: &Fusion<'_>, mut outs: Vec<ExpertOut>) -> Result<StepOutput> 
             Ok(StepOutput {
                 probs: mix_probs(&outs, &w)?,
                 weights: w,
+                catch_up: 0,
             })
         }
         Fusion::BtmLayer { .. } => Err(ExpertError::InvalidRequest(
             "btm_layer mixes inside the forward".into(),
+        )),
+        Fusion::Defer { .. } => Err(ExpertError::InvalidRequest(
+            "defer decides after its first expert has run".into(),
         )),
     }
 }
@@ -559,7 +772,7 @@ pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result
     let mut model_batches: Vec<ModelBatch<'_, '_>> = Vec::new();
     let mut layer_batches: Vec<LayerBatch<'_, '_>> = Vec::new();
     for (i, seq) in seqs.iter_mut().enumerate() {
-        let FusedSequence { fusion, caches } = &mut **seq;
+        let FusedSequence { fusion, caches, .. } = &mut **seq;
         fusions.push(fusion.clone());
         if let Fusion::BtmLayer { models, mixer } = fusion {
             let keys: Vec<usize> = models.iter().map(|m| model_key(m)).collect();
@@ -592,7 +805,18 @@ pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result
             }
             continue;
         }
-        for (slot, (m, c)) in fusion.models().iter().zip(caches.iter_mut()).enumerate() {
+        // `defer`: only its first expert here; the second when its head defers (below).
+        let runs = match fusion {
+            Fusion::Defer { .. } => 1,
+            _ => caches.len(),
+        };
+        for (slot, (m, c)) in fusion
+            .models()
+            .iter()
+            .zip(caches.iter_mut())
+            .take(runs)
+            .enumerate()
+        {
             let key = model_key(m);
             let batch = match model_batches.iter().position(|b| model_key(b.model) == key) {
                 Some(p) => &mut model_batches[p],
@@ -626,17 +850,27 @@ pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result
             .collect(),
         |(m, toks, caches)| {
             let (logits, normed) = m.decoder.decode_ragged(toks, caches)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-            Ok((probs, normed.to_dtype(DType::F32)?))
+            let logits = logits.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+            Ok((probs, logits, normed.to_dtype(DType::F32)?))
         },
     )?;
-    for (b, (probs, normed)) in model_batches.iter().zip(outputs) {
+    for (b, (probs, logits, normed)) in model_batches.iter().zip(outputs) {
         for (r, &(i, slot)) in b.rows.iter().enumerate() {
-            per_seq[i][slot] = Some((probs.get(r)?, normed.narrow(0, r, 1)?));
+            per_seq[i][slot] = Some(ExpertOut {
+                probs: probs.get(r)?,
+                logits: logits.get(r)?,
+                hidden: normed.narrow(0, r, 1)?,
+            });
         }
     }
+    let mut defer_base: Vec<Option<ExpertOut>> = vec![None; n];
     for (i, outs) in per_seq.into_iter().enumerate() {
         if matches!(fusions[i], Fusion::BtmLayer { .. }) {
+            continue;
+        }
+        if matches!(fusions[i], Fusion::Defer { .. }) {
+            defer_base[i] = outs.into_iter().next().flatten();
             continue;
         }
         let outs: Vec<ExpertOut> = outs
@@ -672,19 +906,102 @@ pub fn step_batch(seqs: &mut [&mut FusedSequence<'_>], tokens: &[u32]) -> Result
             results[i] = Some(StepOutput {
                 probs: probs.get(r)?,
                 weights: mean.clone(),
+                catch_up: 0,
             });
         }
     }
+    defer_steps(seqs, tokens, &fusions, defer_base, &mut results)?;
     results
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ExpertError::InvalidRequest("a sequence got no output".into()))
 }
 
+/// The second half of a batch step for `defer` sequences, whose first expert has run: each
+/// head decides; a sequence whose deferred-to expert is one token behind joins that
+/// expert's batched forward, one further behind catches up alone in one call.
+fn defer_steps(
+    seqs: &mut [&mut FusedSequence<'_>],
+    tokens: &[u32],
+    fusions: &[Fusion<'_>],
+    mut base: Vec<Option<ExpertOut>>,
+    results: &mut [Option<StepOutput>],
+) -> Result<()> {
+    // Sequences whose expert runs, by expert: (model, rows).
+    let mut batches: Vec<(&LoadedModel, Vec<usize>)> = Vec::new();
+    let mut decided = vec![false; seqs.len()];
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        let Fusion::Defer {
+            models,
+            head,
+            threshold,
+            lazy,
+        } = &fusions[i]
+        else {
+            continue;
+        };
+        let out = base[i]
+            .as_ref()
+            .ok_or_else(|| ExpertError::InvalidRequest("a defer row is missing".into()))?;
+        let defer = head
+            .probabilities(&out.hidden)?
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+            >= *threshold;
+        decided[i] = defer;
+        seq.pending.push(tokens[i]);
+        if !defer && *lazy {
+            let probs = base[i]
+                .take()
+                .map(|o| o.probs)
+                .ok_or_else(|| ExpertError::InvalidRequest("a defer row is missing".into()))?;
+            results[i] = Some(deferral_output(probs, None, false, 0));
+        } else if seq.pending.len() == 1 {
+            let key = model_key(models[1]);
+            match batches.iter_mut().find(|(m, _)| model_key(m) == key) {
+                Some((_, rows)) => rows.push(i),
+                None => batches.push((models[1], vec![i])),
+            }
+        } else {
+            let pending = std::mem::take(&mut seq.pending);
+            let (expert, _) = feed(models[1], &mut seq.caches[1], &pending)?;
+            let probs = base[i]
+                .take()
+                .map(|o| o.probs)
+                .ok_or_else(|| ExpertError::InvalidRequest("a defer row is missing".into()))?;
+            results[i] = Some(deferral_output(probs, Some(expert), defer, pending.len()));
+        }
+    }
+    for (model, rows) in batches {
+        let toks: Vec<u32> = rows.iter().map(|&i| tokens[i]).collect();
+        let mut caches: Vec<&mut KvCache> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(i))
+            .map(|(_, s)| {
+                s.pending.clear();
+                &mut s.caches[1]
+            })
+            .collect();
+        let (logits, _) = model.decoder.decode_ragged(&toks, &mut caches)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        // `rows` is in sequence order, as the caches were collected.
+        for (r, &i) in rows.iter().enumerate() {
+            let own = base[i]
+                .take()
+                .map(|o| o.probs)
+                .ok_or_else(|| ExpertError::InvalidRequest("a defer row is missing".into()))?;
+            results[i] = Some(deferral_output(own, Some(probs.get(r)?), decided[i], 1));
+        }
+    }
+    Ok(())
+}
+
 fn mix_probs(outs: &[ExpertOut], w: &[f32]) -> Result<Tensor> {
-    let mut acc = (&outs[0].0 * f64::from(w[0]))?;
-    for ((p, _), &wi) in outs.iter().zip(w).skip(1) {
-        acc = (acc + (p * f64::from(wi))?)?;
+    let mut acc = (&outs[0].probs * f64::from(w[0]))?;
+    for (o, &wi) in outs.iter().zip(w).skip(1) {
+        acc = (acc + (&o.probs * f64::from(wi))?)?;
     }
     Ok(acc)
 }
@@ -710,7 +1027,13 @@ pub fn check_prompt_fits(models: &[&LoadedModel], prompt_len: usize) -> Result<u
 pub struct FusedGeneration {
     pub generation: Generation,
     pub routing_weights: Vec<Vec<f32>>,
+    /// Model forwards per generated token: the number of experts run, or for `defer` one
+    /// plus the deferred-to expert's forwards on generated positions per generated token
+    /// (the prompt's prefill is not counted, as for every mode).
     pub cost: f32,
+    /// Model forwards over every position, prompt included (`defer`: the base's positions
+    /// plus every token the deferred-to expert read).
+    pub token_forwards: u64,
 }
 
 /// The sampling and text side of one generating sequence: picks each next token from a
@@ -720,6 +1043,9 @@ pub struct FusedGeneration {
 pub struct Decoding<'a> {
     first: &'a LoadedModel,
     cost: f32,
+    /// `defer`: the cost is what the steps spent (their `catch_up`), not the mode's maximum.
+    deferral: bool,
+    catch_up: usize,
     sampler: Sampler,
     eos: Vec<u32>,
     max_new: usize,
@@ -761,6 +1087,8 @@ impl<'a> Decoding<'a> {
         Ok(Self {
             first,
             cost: fusion.cost(),
+            deferral: matches!(fusion, Fusion::Defer { .. }),
+            catch_up: 0,
             sampler: Sampler::new(params),
             eos: models
                 .iter()
@@ -799,6 +1127,7 @@ impl<'a> Decoding<'a> {
         }
         self.decode_started
             .get_or_insert_with(std::time::Instant::now);
+        self.catch_up += out.catch_up;
         let logp = out.probs.clamp(1e-30f32, 1.0f32)?.log()?;
         let next = self.sampler.sample(&logp, &self.history)?;
         if self.eos.contains(&next) {
@@ -848,8 +1177,20 @@ impl<'a> Decoding<'a> {
                 }
             }
         }
+        let positions = self.prompt_tokens + self.tokens.len();
+        let (cost, token_forwards) = if self.deferral {
+            // The first catch-up reads the whole prompt; the rest are generated positions.
+            let generated = self.catch_up.saturating_sub(self.prompt_tokens);
+            (
+                1.0 + generated as f32 / self.tokens.len().max(1) as f32,
+                (positions + self.catch_up) as u64,
+            )
+        } else {
+            (self.cost, (positions as f64 * f64::from(self.cost)) as u64)
+        };
         FusedGeneration {
-            cost: self.cost,
+            cost,
+            token_forwards,
             routing_weights: self.weights_log,
             generation: Generation {
                 text: self.text,

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod corpus;
+pub mod defer;
 pub mod distill;
 pub mod engine;
 pub mod error;

@@ -486,3 +486,282 @@ fn nll_row(
     }
     serde_json::Value::Object(row)
 }
+
+/// Options of a deferral-head run ([`train_deferral_head`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeferTrainOptions {
+    /// Full-batch Adam steps on the collected positions.
+    pub steps: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Reasoning + SOP training documents (half each).
+    pub n_docs: usize,
+    /// General questions the first expert answers itself ([`corpus::general_questions`]).
+    pub n_general: usize,
+    /// Tokens of each self-generated answer at most.
+    pub answer_tokens: usize,
+    /// Share of each domain's documents held out for the summary.
+    pub heldout_share: f64,
+}
+
+impl Default for DeferTrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 300,
+            lr: 1e-2,
+            seed: 1234,
+            n_docs: 400,
+            n_general: 120,
+            answer_tokens: 48,
+            heldout_share: 0.2,
+        }
+    }
+}
+
+/// What a deferral-head run measured (`loss.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeferRecord {
+    pub kind: String,
+    pub options: DeferTrainOptions,
+    pub losses: Vec<f32>,
+    pub seconds: f64,
+    /// Per held-out domain: positions, share where the second expert is better, the
+    /// head's accuracy on that, and its deferral rate at η = 0.5.
+    pub summary: serde_json::Value,
+}
+
+/// One chat document for the deferral head: its tokens, where its answer starts, and its
+/// domain.
+struct DeferDoc {
+    ids: Vec<u32>,
+    answer_start: usize,
+    domain: corpus::Domain,
+}
+
+/// `prompt` as the served model sees it (one user turn in its own chat template, the
+/// assistant turn opened) followed by `answer` and the end of turn, tokenised, with the
+/// index of the answer's first token: the sequence generation feeds.
+fn chat_ids(model: &LoadedModel, prompt: &str, answer: &str) -> Result<(Vec<u32>, usize)> {
+    let mut ids = model.user_prompt_ids(prompt)?;
+    let start = ids.len();
+    ids.extend(model.answer_ids(answer)?);
+    Ok((ids, start))
+}
+
+/// The first expert's own greedy answers to `prompts`, decoded together in batches.
+fn self_answers(model: &LoadedModel, prompts: &[String], max_tokens: usize) -> Result<Vec<String>> {
+    use crate::fusion::{Decoding, FusedSequence, Fusion, step_batch};
+    let params = crate::generate::SamplingParams {
+        max_tokens,
+        ..crate::generate::SamplingParams::default()
+    };
+    let pb = bar(prompts.len(), "answers");
+    let mut answers = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(16) {
+        let mut live = Vec::new();
+        for p in chunk {
+            let ids = model.user_prompt_ids(p)?;
+            let fusion = Fusion::Single(model);
+            let mut decoding = Decoding::new(&fusion, &ids, &params)?;
+            let mut seq = FusedSequence::new(fusion)?;
+            let next = decoding.advance(&seq.step(&ids)?, |_, _| true)?;
+            live.push((seq, decoding, next));
+        }
+        loop {
+            let (tokens, mut seqs): (Vec<u32>, Vec<&mut FusedSequence<'_>>) = live
+                .iter_mut()
+                .filter_map(|(s, _, n)| Some(((*n)?, s)))
+                .unzip();
+            if tokens.is_empty() {
+                break;
+            }
+            let outs = step_batch(&mut seqs, &tokens)?;
+            for ((_, d, n), out) in live.iter_mut().filter(|l| l.2.is_some()).zip(&outs) {
+                *n = d.advance(out, |_, _| true)?;
+            }
+        }
+        for (_, d, _) in live {
+            answers.push(d.finish(|_, _| true).generation.text.trim().to_string());
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    Ok(answers)
+}
+
+/// Trains the `defer` head of `models = [first, second]` with both frozen: on every answer
+/// position of reasoning, SOP and self-answered general documents (each in the first
+/// expert's own chat template), the label is whether the second expert gives the actual
+/// next token the higher probability, and the head is a logistic unit on the first
+/// expert's final normed hidden state. Writes `head.json`, `head.safetensors`, `loss.json`;
+/// the summary holds, per held-out domain, the label rate, the head's accuracy and its
+/// deferral rate at η = 0.5.
+pub fn train_deferral_head(
+    models: &[&LoadedModel],
+    names: &[String],
+    opts: &DeferTrainOptions,
+    out: &Path,
+) -> Result<DeferRecord> {
+    use crate::defer::{DEFER_KIND, DeferralConfig, new_head_vars};
+    let [first, second] = models else {
+        return Err(ExpertError::Training(format!(
+            "a deferral head is for two experts, not {}",
+            models.len()
+        )));
+    };
+    let device = first.decoder.device().clone();
+    let started = Instant::now();
+    // Documents of each domain.
+    let mut docs = Vec::new();
+    for ex in corpus::reasoning_train(opts.seed, opts.n_docs / 2)
+        .iter()
+        .chain(corpus::sop_train(opts.seed, opts.n_docs / 2).iter())
+    {
+        let (ids, answer_start) = chat_ids(first, &ex.prompt, &ex.answer)?;
+        docs.push(DeferDoc {
+            ids,
+            answer_start,
+            domain: ex.domain,
+        });
+    }
+    let questions = corpus::general_questions(opts.seed, opts.n_general);
+    let answers = self_answers(first, &questions, opts.answer_tokens)?;
+    for (q, a) in questions.iter().zip(&answers) {
+        let (ids, answer_start) = chat_ids(first, q, a)?;
+        docs.push(DeferDoc {
+            ids,
+            answer_start,
+            domain: corpus::Domain::General,
+        });
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    for i in (1..docs.len()).rev() {
+        let j = rng.random_range(0..=i);
+        docs.swap(i, j);
+    }
+    // Features and labels of every answer position.
+    let pb = bar(docs.len(), "positions");
+    let (mut train_x, mut train_y) = (Vec::new(), Vec::new());
+    let mut heldout: Vec<(corpus::Domain, Tensor, Vec<f32>)> = Vec::new();
+    let mut seen_heldout = std::collections::HashMap::<&str, (usize, usize)>::new();
+    for doc in &docs {
+        pb.inc(1);
+        let t = doc.ids.len();
+        if t < 2 || doc.answer_start == 0 || doc.answer_start >= t {
+            continue;
+        }
+        let x = Tensor::new(&doc.ids[..t - 1], &device)?.unsqueeze(0)?;
+        let y = Tensor::new(&doc.ids[1..], &device)?.unsqueeze(0)?;
+        let (hidden, logp) = expert_features(&[*first, *second], &x, &y)?;
+        let from = doc.answer_start - 1;
+        let n = t - 1 - from;
+        let h = hidden[0].narrow(0, from, n)?;
+        let lb: Vec<f32> = logp[0].narrow(0, from, n)?.flatten_all()?.to_vec1()?;
+        let le: Vec<f32> = logp[1].narrow(0, from, n)?.flatten_all()?.to_vec1()?;
+        let labels: Vec<f32> = lb
+            .iter()
+            .zip(&le)
+            .map(|(b, e)| f32::from(u8::from(e > b)))
+            .collect();
+        let name = domain_name(doc.domain);
+        let counts = seen_heldout.entry(name).or_insert((0, 0));
+        counts.0 += 1;
+        // Every k-th document of a domain is held out (k from the share).
+        let k = (1.0 / opts.heldout_share.clamp(0.01, 0.5)).round() as usize;
+        if counts.0.is_multiple_of(k) {
+            counts.1 += 1;
+            heldout.push((doc.domain, h, labels));
+        } else {
+            train_x.push(h);
+            train_y.extend(labels);
+        }
+    }
+    pb.finish_and_clear();
+    if train_y.is_empty() {
+        return Err(ExpertError::Training(
+            "no answer positions to train on".into(),
+        ));
+    }
+    let x = Tensor::cat(&train_x, 0)?;
+    let y = Tensor::from_vec(train_y.clone(), (train_y.len(), 1), &device)?;
+    let config = DeferralConfig {
+        kind: DEFER_KIND.into(),
+        experts: names.to_vec(),
+        hidden_size: first.decoder.config().hidden_size,
+    };
+    let varmap = VarMap::new();
+    let head = new_head_vars(&config, &varmap, &device)?;
+    seed_vars(&varmap, opts.seed)?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 1e-4,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let pb = bar(opts.steps, "defer");
+    let mut losses = Vec::with_capacity(opts.steps);
+    for _ in 0..opts.steps {
+        let z = head.logits(&x)?.unsqueeze(1)?;
+        // Binary cross-entropy with logits: softplus(z) − y·z, written stably.
+        let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        let loss = (softplus - (&y * &z)?)?.mean_all()?;
+        opt.backward_step(&loss)?;
+        let l = loss.to_scalar::<f32>()?;
+        losses.push(l);
+        pb.set_message(format!("loss {l:.3}"));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    // Held-out: per domain, how often the second expert is better, how often the head
+    // agrees, and how often it defers at η = 0.5.
+    let mut summary = serde_json::Map::new();
+    for domain in [
+        corpus::Domain::General,
+        corpus::Domain::Reasoning,
+        corpus::Domain::Sop,
+    ] {
+        let (mut n, mut better, mut agree, mut deferred) = (0usize, 0.0f64, 0usize, 0usize);
+        for (_, h, labels) in heldout.iter().filter(|(d, _, _)| *d == domain) {
+            let p = head.probabilities(h)?;
+            for (pi, li) in p.iter().zip(labels) {
+                n += 1;
+                better += f64::from(*li);
+                let defer = *pi >= 0.5;
+                deferred += usize::from(defer);
+                agree += usize::from(defer == (*li > 0.5));
+            }
+        }
+        let share = |k: f64| if n > 0 { k / n as f64 } else { 0.0 };
+        summary.insert(
+            domain_name(domain).into(),
+            serde_json::json!({
+                "positions": n,
+                "second_better": share(better),
+                "accuracy": share(agree as f64),
+                "defer_rate_at_0_5": share(deferred as f64),
+            }),
+        );
+    }
+    std::fs::create_dir_all(out).map_err(|e| ExpertError::io(out, e))?;
+    write_json(&out.join("head.json"), &config)?;
+    varmap.save(out.join("head.safetensors"))?;
+    let record = DeferRecord {
+        kind: DEFER_KIND.into(),
+        options: opts.clone(),
+        losses,
+        seconds: started.elapsed().as_secs_f64(),
+        summary: serde_json::Value::Object(summary),
+    };
+    write_json(&out.join("loss.json"), &record)?;
+    Ok(record)
+}
+
+fn domain_name(d: corpus::Domain) -> &'static str {
+    match d {
+        corpus::Domain::General => "general",
+        corpus::Domain::Reasoning => "reasoning",
+        corpus::Domain::Sop => "sop",
+    }
+}

@@ -6,6 +6,7 @@
 //!   device: cpu             # cpu | cuda | metal | wgpu (all but cpu need their cargo feature)
 //!   routers: {default: models/routers/btm_token}   # btm_token routers (train_router)
 //!   mixers: {default: models/routers/btm_layer}    # btm_layer coefficients (train_router)
+//!   deferral_heads: {default: models/routers/defer} # defer heads (train_router --kind defer)
 //!   max_queue: 64           # requests admitted at once; more get 503 + Retry-After
 //!   max_batch: 16           # sequences decoded together in one step (continuous batching)
 //!   weights: {foundation: q8_0}   # per model: f32 (default) | q8_0 | q4_0 | q4_1
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     pub routers: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub mixers: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub deferral_heads: BTreeMap<String, PathBuf>,
     #[serde(default = "default_queue")]
     pub max_queue: usize,
     #[serde(default = "default_max_batch")]

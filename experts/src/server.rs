@@ -36,6 +36,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chat::ChatMessage;
+use crate::defer::DeferralHead;
 use crate::engine::{self, Event, Job, ValidRequest, build_fusion};
 use crate::error::{ExpertError, Result};
 use crate::fusion::{Decoding, Fusion, LayerMixer, TokenRouter, score_continuations};
@@ -52,6 +53,7 @@ pub struct Registry {
     pub models: BTreeMap<String, Arc<LoadedModel>>,
     pub routers: HashMap<String, Arc<TokenRouter>>,
     pub mixers: HashMap<String, Arc<LayerMixer>>,
+    pub deferral_heads: HashMap<String, Arc<DeferralHead>>,
     /// With `device: wgpu`: the GPU and the models' weights on it; sequences run there.
     #[cfg(feature = "wgpu")]
     pub gpu: Option<Arc<crate::wgpu_backend::WgpuDevice>>,
@@ -114,6 +116,10 @@ impl ExpertState {
         for (name, dir) in &cfg.mixers {
             mixers.insert(name.clone(), Arc::new(LayerMixer::load(dir, &device)?));
         }
+        let mut deferral_heads = HashMap::new();
+        for (name, dir) in &cfg.deferral_heads {
+            deferral_heads.insert(name.clone(), Arc::new(DeferralHead::load(dir, &device)?));
+        }
         #[cfg(feature = "wgpu")]
         let gpu = if cfg.wgpu() {
             Some(Arc::new(crate::wgpu_backend::WgpuDevice::new(&models)?))
@@ -124,6 +130,7 @@ impl ExpertState {
             models,
             routers,
             mixers,
+            deferral_heads,
             #[cfg(feature = "wgpu")]
             gpu,
         });
@@ -170,6 +177,10 @@ impl From<ExpertError> for ApiError {
     fn from(e: ExpertError) -> Self {
         match e {
             ExpertError::InvalidRequest(m) => Self::bad_request(m),
+            e @ ExpertError::Unsupported(_) => Self {
+                status: StatusCode::NOT_IMPLEMENTED,
+                body: ErrorBody::new(e.to_string(), "server_error", "unsupported"),
+            },
             #[cfg(feature = "wgpu")]
             e @ ExpertError::Gpu(gpu::GpuError::DeviceLost { .. }) => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,8 @@ use gpu::{Batch, GpuContext, GpuTensor, KvCache, RopeTable};
 use crate::backend::{
     AttnShape, FusedStep, LayerWeights, Mixing, Ops, RouterWeights, Weights, forward, fused_step,
 };
+use protocol::Mix;
+
 use crate::config::ModelConfig;
 use crate::error::{ExpertError, Result};
 use crate::fusion::{Fusion, TokenRouter};
@@ -387,7 +389,7 @@ impl GpuRouter {
 #[derive(Debug, Clone)]
 pub enum WgpuMixing {
     Single,
-    Ensemble(Vec<f32>),
+    Ensemble { weights: Vec<f32>, mix: Mix },
     Token { router: Box<GpuRouter>, hard: bool },
     Layer(Vec<Vec<f32>>),
 }
@@ -398,12 +400,20 @@ impl WgpuMixing {
         fusion.validate()?;
         Ok(match fusion {
             Fusion::Single(_) => Self::Single,
-            Fusion::Ensemble { weights, .. } => Self::Ensemble(weights.clone()),
+            Fusion::Ensemble { weights, mix, .. } => Self::Ensemble {
+                weights: weights.clone(),
+                mix: *mix,
+            },
             Fusion::BtmToken { router, hard, .. } => Self::Token {
                 router: Box::new(GpuRouter::upload(ctx, router)?),
                 hard: *hard,
             },
             Fusion::BtmLayer { mixer, .. } => Self::Layer(mixer.weights()?.to_vec2()?),
+            Fusion::Defer { .. } => {
+                return Err(ExpertError::Unsupported(
+                    "defer runs on the candle devices (cpu, cuda, metal), not on wgpu yet".into(),
+                ));
+            }
         })
     }
 }
@@ -467,7 +477,7 @@ impl<'m> WgpuSequence<'m> {
         let router;
         let mixing = match &self.mixing {
             WgpuMixing::Single => Mixing::Single,
-            WgpuMixing::Ensemble(w) => Mixing::Ensemble(w),
+            WgpuMixing::Ensemble { weights, mix } => Mixing::Ensemble { weights, mix: *mix },
             WgpuMixing::Token { router: r, hard } => {
                 router = r.weights();
                 Mixing::Token {

@@ -379,6 +379,7 @@ fn expert_generate_streams_to_stdout() {
 mod fusion {
     use super::*;
     use experts::fusion::{Fusion, LayerMixer, RouterConfig, TokenRouter, generate_fused};
+    use protocol::Mix;
 
     fn pair() -> (experts::loader::LoadedModel, experts::loader::LoadedModel) {
         let (out, _) = forged();
@@ -424,6 +425,115 @@ mod fusion {
         (router, mixer)
     }
 
+    /// A fixed, untrained deferral head (weights a deterministic pattern).
+    fn pattern_head(a: &experts::loader::LoadedModel) -> experts::defer::DeferralHead {
+        let h = a.decoder.config().hidden_size;
+        let w: Vec<f32> = (0..h)
+            .map(|j| ((j * 7919) % 13) as f32 / 13.0 - 0.5)
+            .collect();
+        let config = experts::defer::DeferralConfig {
+            kind: "defer".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: h,
+        };
+        experts::defer::DeferralHead::from_weights(config, &w, 0.0, &Device::Cpu).unwrap()
+    }
+
+    fn defer<'m>(
+        models: &[&'m experts::loader::LoadedModel],
+        head: &'m experts::defer::DeferralHead,
+        threshold: f32,
+        lazy: bool,
+    ) -> Fusion<'m> {
+        Fusion::Defer {
+            models: models.to_vec(),
+            head,
+            threshold,
+            lazy,
+        }
+    }
+
+    /// `defer`: a head that always defers gives the second expert's tokens, one that never
+    /// does the first's (at cost 1, the second expert never run); with a head that defers
+    /// some tokens, lazy catch-up gives exactly the tokens of running both experts at every
+    /// step, at a lower cost, through the same batched step.
+    #[test]
+    fn defer_always_never_and_lazy_equals_eager() {
+        use experts::defer::{DeferralConfig, DeferralHead};
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let config = DeferralConfig {
+            kind: "defer".into(),
+            experts: vec!["foundation".into(), "sft-sop".into()],
+            hidden_size: a.decoder.config().hidden_size,
+        };
+        let always = DeferralHead::forced(config.clone(), true, &Device::Cpu).unwrap();
+        let never = DeferralHead::forced(config, false, &Device::Cpu).unwrap();
+        let params = SamplingParams {
+            max_tokens: 24,
+            ..SamplingParams::default()
+        };
+        let run =
+            |f: Fusion<'_>, ids: &[u32]| generate_fused(f, ids, &params, |_, _| true).unwrap();
+        let head = pattern_head(&a);
+        let mut mixed_seen = false;
+        for ids in prompts(&a) {
+            let single_a = tokens(Fusion::Single(&a), &ids);
+            let single_b = tokens(Fusion::Single(&b), &ids);
+            for lazy in [true, false] {
+                let g = run(defer(&models, &always, 0.5, lazy), &ids);
+                assert_eq!(g.generation.tokens, single_b, "always, lazy {lazy}");
+                assert!(g.routing_weights.iter().all(|w| w == &[0.0, 1.0]));
+                let g = run(defer(&models, &never, 0.5, lazy), &ids);
+                assert_eq!(g.generation.tokens, single_a, "never, lazy {lazy}");
+                if lazy {
+                    assert_eq!(g.cost, 1.0);
+                    let positions = g.generation.prompt_tokens + g.generation.tokens.len();
+                    assert_eq!(g.token_forwards, positions as u64);
+                } else {
+                    assert!(g.cost > 1.9, "eager runs both: {}", g.cost);
+                }
+            }
+            // A threshold at which this head defers some tokens and not others.
+            for k in 1..20 {
+                let eta = k as f32 * 0.05;
+                let eager = run(defer(&models, &head, eta, false), &ids);
+                let rate = eager.routing_weights.iter().map(|w| w[1]).sum::<f32>()
+                    / eager.routing_weights.len().max(1) as f32;
+                if rate == 0.0 || rate == 1.0 {
+                    continue;
+                }
+                mixed_seen = true;
+                let lazy = run(defer(&models, &head, eta, true), &ids);
+                assert_eq!(lazy.generation.tokens, eager.generation.tokens, "η {eta}");
+                assert_eq!(lazy.routing_weights, eager.routing_weights);
+                assert!(lazy.cost <= eager.cost, "{} vs {}", lazy.cost, eager.cost);
+                assert!(lazy.cost > 1.0);
+                break;
+            }
+        }
+        assert!(mixed_seen, "the pattern head never mixed its deferrals");
+        // A head for other experts is refused.
+        let other = DeferralHead::forced(
+            DeferralConfig {
+                kind: "defer".into(),
+                experts: vec!["x".into(), "y".into()],
+                hidden_size: 3,
+            },
+            true,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let err = experts::fusion::FusedSequence::new(defer(&models, &other, 0.5, true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        let err = experts::fusion::FusedSequence::new(defer(&models, &always, 1.5, true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("threshold"), "{err}");
+    }
+
     fn tokens(f: Fusion<'_>, ids: &[u32]) -> Vec<u32> {
         let params = SamplingParams {
             max_tokens: 24,
@@ -433,6 +543,61 @@ mod fusion {
             .unwrap()
             .generation
             .tokens
+    }
+
+    /// The log-space ensemble is the renormalised weighted geometric mean of the experts'
+    /// distributions, computed here from each expert alone; the linear one is their
+    /// weighted mean; and the two differ.
+    #[test]
+    fn log_ensemble_is_the_weighted_geometric_mean() {
+        use experts::fusion::FusedSequence;
+        let (a, b) = pair();
+        let models = [&a, &b];
+        let ids = &prompts(&a)[0];
+        let alone = |m| {
+            FusedSequence::new(Fusion::Single(m))
+                .unwrap()
+                .step(ids)
+                .unwrap()
+                .probs
+        };
+        let (pa, pb) = (alone(&a), alone(&b));
+        let (la, lb) = (pa.log().unwrap(), pb.log().unwrap());
+        let log_by_hand = candle_nn::ops::softmax_last_dim(
+            &((la * 0.75).unwrap() + (lb * 0.25).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let linear_by_hand = ((&pa * 0.75).unwrap() + (&pb * 0.25).unwrap()).unwrap();
+        let fused = |mix| {
+            FusedSequence::new(Fusion::Ensemble {
+                models: models.to_vec(),
+                weights: vec![3.0, 1.0],
+                mix,
+            })
+            .unwrap()
+            .step(ids)
+            .unwrap()
+            .probs
+        };
+        let max_diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| -> f32 {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let (log, linear) = (fused(Mix::Log), fused(Mix::Linear));
+        assert!(max_diff(&log, &log_by_hand) < 1e-5);
+        assert!(max_diff(&linear, &linear_by_hand) < 1e-6);
+        assert!(
+            max_diff(&log, &linear) > 1e-3,
+            "the two mixes should differ"
+        );
+        let total: f32 = log.sum_all().unwrap().to_scalar().unwrap();
+        assert!((total - 1.0).abs() < 1e-4);
     }
 
     #[test]
@@ -468,26 +633,32 @@ mod fusion {
                 single_a
             );
 
-            assert_eq!(
-                tokens(
-                    Fusion::Ensemble {
-                        models: models.to_vec(),
-                        weights: vec![1.0, 0.0]
-                    },
-                    &ids
-                ),
-                single_a
-            );
-            assert_eq!(
-                tokens(
-                    Fusion::Ensemble {
-                        models: models.to_vec(),
-                        weights: vec![0.0, 1.0]
-                    },
-                    &ids
-                ),
-                single_b
-            );
+            for mix in [Mix::Linear, Mix::Log] {
+                assert_eq!(
+                    tokens(
+                        Fusion::Ensemble {
+                            models: models.to_vec(),
+                            weights: vec![1.0, 0.0],
+                            mix,
+                        },
+                        &ids
+                    ),
+                    single_a,
+                    "{mix:?}"
+                );
+                assert_eq!(
+                    tokens(
+                        Fusion::Ensemble {
+                            models: models.to_vec(),
+                            weights: vec![0.0, 1.0],
+                            mix,
+                        },
+                        &ids
+                    ),
+                    single_b,
+                    "{mix:?}"
+                );
+            }
             for hard in [false, true] {
                 assert_eq!(
                     tokens(
@@ -550,6 +721,7 @@ mod fusion {
         let (a, b) = pair();
         let models = [&a, &b];
         let (router, mixer) = untrained_router_and_mixer(&a);
+        let head = pattern_head(&a);
         let prompt = &prompts(&a)[0];
         let eos = a.eos_token_ids[0];
         let continuations: Vec<Vec<u32>> = [
@@ -569,7 +741,14 @@ mod fusion {
             Fusion::Ensemble {
                 models: models.to_vec(),
                 weights: vec![0.7, 0.3],
+                mix: Mix::Linear,
             },
+            Fusion::Ensemble {
+                models: models.to_vec(),
+                weights: vec![0.7, 0.3],
+                mix: Mix::Log,
+            },
+            defer(&models, &head, 0.5, true),
             Fusion::BtmToken {
                 models: models.to_vec(),
                 router: &router,
@@ -657,17 +836,33 @@ mod fusion {
         let (a, b) = pair();
         let models = [&a, &b];
         let (router, mixer) = untrained_router_and_mixer(&a);
+        let head = pattern_head(&a);
+        let always =
+            experts::defer::DeferralHead::forced(head.config.clone(), true, &Device::Cpu).unwrap();
         let ps = prompts(&a);
         let jobs: Vec<(Fusion<'_>, &Vec<u32>, usize)> = vec![
             (Fusion::Single(&a), &ps[0], 24),
+            (defer(&models, &always, 0.5, true), &ps[2], 20),
             (Fusion::Single(&b), &ps[1], 7),
+            (defer(&models, &head, 0.5, true), &ps[0], 24),
+            (defer(&models, &always, 0.5, true), &ps[1], 16),
             (
                 Fusion::Ensemble {
                     models: models.to_vec(),
                     weights: vec![0.5, 0.5],
+                    mix: Mix::Linear,
                 },
                 &ps[2],
                 24,
+            ),
+            (
+                Fusion::Ensemble {
+                    models: models.to_vec(),
+                    weights: vec![0.8, 0.2],
+                    mix: Mix::Log,
+                },
+                &ps[1],
+                16,
             ),
             (
                 Fusion::BtmToken {
@@ -772,6 +967,7 @@ mod fusion {
             Fusion::Ensemble {
                 models: models.to_vec(),
                 weights: vec![3.0, 1.0],
+                mix: Mix::Linear,
             },
             ids,
             &params,
@@ -786,6 +982,7 @@ mod fusion {
             Fusion::Ensemble {
                 models: models.to_vec(),
                 weights: vec![1.0],
+                mix: Mix::Linear,
             },
             ids,
             &params,

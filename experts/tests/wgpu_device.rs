@@ -24,6 +24,7 @@ use experts::loader::{LoadedModel, load_model};
 use experts::model::{Path, WeightFormat};
 use experts::wgpu_backend::{WgpuMixing, WgpuModel, WgpuSequence, generate_greedy};
 use gpu::{GpuContext, GpuError, GpuOptions};
+use protocol::Mix;
 use rand::{Rng, SeedableRng};
 
 const REQUIRE_ENV: &str = "HYBRID_GPU_REQUIRE";
@@ -220,6 +221,15 @@ fn fusion_modes_match(ctx: &GpuContext, a: &LoadedModel, b: &LoadedModel) -> usi
             Fusion::Ensemble {
                 models: vec![a, b],
                 weights: vec![1.0, 3.0],
+                mix: Mix::Linear,
+            },
+        ),
+        (
+            "ensemble_log",
+            Fusion::Ensemble {
+                models: vec![a, b],
+                weights: vec![1.0, 3.0],
+                mix: Mix::Log,
             },
         ),
         (
@@ -380,6 +390,7 @@ fn the_server_reports_a_lost_device() {
             device: "wgpu".into(),
             routers: Default::default(),
             mixers: Default::default(),
+            deferral_heads: Default::default(),
             max_queue: 4,
             max_batch: 2,
             weights: Default::default(),

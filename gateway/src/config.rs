@@ -89,6 +89,11 @@ pub struct GatewaySettings {
     /// categories (cost `k`, not the number of `fusion.models`). `null`: all of them.
     #[serde(default)]
     pub fusion_top_k: Option<usize>,
+    /// Where an `ensemble` fusion's weights come from: `fixed` (the mode's own `weights`,
+    /// equal when absent) or `classifier` (each expert weighs what the classification gives
+    /// the categories it serves, per query).
+    #[serde(default)]
+    pub fusion_weights: FusionWeights,
     /// SQLite file of `POST /v1/feedback`.
     #[serde(default = "default_feedback_db")]
     pub feedback_db: PathBuf,
@@ -112,6 +117,17 @@ impl GatewaySettings {
             .unwrap_or_else(|| self.fusion.models().len())
             .max(1)
     }
+}
+
+/// Where a fused answer's ensemble weights come from (`gateway.fusion_weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionWeights {
+    /// The fusion mode's own weights.
+    #[default]
+    Fixed,
+    /// Per query, from the classification (see [`GatewayConfig::classifier_weights`]).
+    Classifier,
 }
 
 /// How missing default models are obtained (see [`crate::bootstrap`]).
@@ -239,6 +255,62 @@ impl GatewayConfig {
     /// most likely categories (in `fusion.models` order; a named router or coefficient set
     /// is dropped so the expert process picks the one trained for exactly these experts).
     pub fn fusion_for(&self, c: &Classification) -> FusionMode {
+        let mode = self.fusion_narrowed(c);
+        if self.gateway.fusion_weights == FusionWeights::Classifier {
+            return self.weighted_by(mode, c);
+        }
+        mode
+    }
+
+    /// `mode` with, when it is an `ensemble`, the weights [`Self::classifier_weights`]
+    /// gives its experts for `c` (other modes, and a classification that weighs none of
+    /// its experts, are left as they are).
+    pub fn weighted_by(&self, mode: FusionMode, c: &Classification) -> FusionMode {
+        match mode {
+            FusionMode::Ensemble {
+                models,
+                weights,
+                mix,
+            } => {
+                let weights = self.classifier_weights(&models, c).or(weights);
+                FusionMode::Ensemble {
+                    models,
+                    weights,
+                    mix,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Each expert's share of the classification: the sum of the probabilities of the
+    /// categories it serves (`gateway.category_experts`). A client's hint has no scores:
+    /// its category gets its confidence and the other categories share the rest. `None`
+    /// when no category maps to these experts.
+    pub fn classifier_weights(&self, models: &[String], c: &Classification) -> Option<Vec<f32>> {
+        let n = self.hybrid.categories.len();
+        let probs: Vec<f32> = if c.scores.len() == n {
+            c.scores.clone()
+        } else {
+            let rest = (1.0 - c.confidence).max(0.0) / (n.saturating_sub(1).max(1)) as f32;
+            (0..n)
+                .map(|i| if i == c.category { c.confidence } else { rest })
+                .collect()
+        };
+        let weights: Vec<f32> = models
+            .iter()
+            .map(|m| {
+                (0..n)
+                    .filter(|&i| self.category_model(i) == Some(m.as_str()))
+                    .map(|i| probs[i].max(0.0))
+                    .sum()
+            })
+            .collect();
+        (weights.iter().sum::<f32>() > 0.0).then_some(weights)
+    }
+
+    /// `gateway.fusion`, narrowed to the top-k categories' experts with `fusion_top_k`.
+    fn fusion_narrowed(&self, c: &Classification) -> FusionMode {
         let g = &self.gateway;
         let Some(k) = g.fusion_top_k else {
             return g.fusion.clone();
@@ -277,7 +349,8 @@ impl GatewayConfig {
         let models: Vec<String> = keep.iter().map(|&i| all[i].to_string()).collect();
         match &g.fusion {
             FusionMode::Single { .. } => g.fusion.clone(),
-            FusionMode::Ensemble { weights, .. } => FusionMode::Ensemble {
+            FusionMode::Ensemble { weights, mix, .. } => FusionMode::Ensemble {
+                mix: *mix,
                 models,
                 weights: weights
                     .as_ref()
@@ -287,6 +360,11 @@ impl GatewayConfig {
                 models,
                 router: None,
                 hard: *hard,
+            },
+            FusionMode::Defer { threshold, .. } => FusionMode::Defer {
+                models,
+                head: None,
+                threshold: *threshold,
             },
             FusionMode::BtmLayer { .. } => FusionMode::BtmLayer {
                 models,
@@ -490,9 +568,21 @@ fn validate(hybrid: &HybridConfig, models: &[String], g: &GatewaySettings) -> Re
             ));
         }
     }
+    if g.fusion_weights == FusionWeights::Classifier
+        && !matches!(g.fusion, FusionMode::Ensemble { .. })
+    {
+        return Err(GatewayError::config(
+            "gateway.fusion_weights",
+            format!(
+                "`classifier` sets ensemble weights; gateway.fusion is {}",
+                g.fusion.name()
+            ),
+        ));
+    }
     if let FusionMode::Ensemble {
         models: ms,
         weights: Some(w),
+        ..
     } = &g.fusion
         && (w.len() != ms.len() || w.iter().any(|x| !x.is_finite() || *x < 0.0))
     {
@@ -610,12 +700,14 @@ gateway:
             .map(String::from)
             .to_vec(),
             weights: Some(vec![1.0, 2.0, 3.0, 4.0]),
+            mix: protocol::Mix::Linear,
         };
         assert_eq!(
             e.fusion_for(&cls(2, &[0.1, 0.1, 0.5, 0.3])),
             FusionMode::Ensemble {
                 models: vec!["sft-sales".into(), "sft-tech-support".into()],
                 weights: Some(vec![3.0, 4.0]),
+                mix: protocol::Mix::Linear,
             }
         );
         // Without top-k, every fused model runs.
@@ -625,6 +717,74 @@ gateway:
             4
         );
         assert_eq!(e.gateway.fused_experts(), 4);
+    }
+
+    /// `fusion_weights: classifier`: each fused expert weighs the probability of the
+    /// categories it serves; a hint without scores spreads the rest of its confidence;
+    /// a mode other than `ensemble` is a config error naming the key.
+    #[test]
+    fn classifier_weights_follow_the_classification() {
+        let text = GOOD
+            .replace(
+                "fusion: {type: btm_token, models: [foundation, sft-sop]}",
+                "fusion: {type: ensemble, models: [foundation, sft-sop], mix: log}\n  fusion_weights: classifier",
+            );
+        let c = GatewayConfig::parse(&text, Path::new("cfg.yaml")).unwrap();
+        let cls = |category, confidence, scores: &[f32]| Classification {
+            category,
+            confidence,
+            scores: scores.to_vec(),
+        };
+        let ensemble = |w: Vec<f32>| FusionMode::Ensemble {
+            models: vec!["foundation".into(), "sft-sop".into()],
+            weights: Some(w),
+            mix: protocol::Mix::Log,
+        };
+        assert_eq!(
+            c.fusion_for(&cls(0, 0.7, &[0.7, 0.3])),
+            ensemble(vec![0.7, 0.3])
+        );
+        assert_eq!(
+            c.fusion_for(&cls(1, 0.6, &[0.4, 0.6])),
+            ensemble(vec![0.4, 0.6])
+        );
+        let hinted = c.fusion_for(&cls(1, 0.8, &[]));
+        let FusionMode::Ensemble {
+            weights: Some(w), ..
+        } = hinted
+        else {
+            panic!("{hinted:?}")
+        };
+        assert!(
+            (w[0] - 0.2).abs() < 1e-6 && (w[1] - 0.8).abs() < 1e-6,
+            "{w:?}"
+        );
+        // The wire form names the mix only when it is not the default.
+        let wire = serde_json::to_value(ensemble(vec![1.0, 1.0])).unwrap();
+        assert_eq!(wire["mix"], "log");
+        let linear = FusionMode::Ensemble {
+            models: vec!["a".into()],
+            weights: None,
+            mix: protocol::Mix::Linear,
+        };
+        assert!(serde_json::to_value(linear).unwrap().get("mix").is_none());
+
+        let bad = GOOD.replace(
+            "feedback_db: data/feedback.sqlite",
+            "feedback_db: data/feedback.sqlite\n  fusion_weights: classifier",
+        );
+        let e = err(&bad);
+        assert!(
+            e.contains("gateway.fusion_weights") && e.contains("btm_token"),
+            "{e}"
+        );
+        let bad = GOOD.replace(
+            "feedback_db: data/feedback.sqlite",
+            "feedback_db: data/feedback.sqlite\n  fusion_weights: router",
+        );
+        assert!(err(&bad).contains("fusion_weights"), "{}", err(&bad));
+        let bad = text.replace("mix: log", "mix: geometric");
+        assert!(err(&bad).contains("geometric"), "{}", err(&bad));
     }
 
     fn err(text: &str) -> String {

@@ -36,7 +36,9 @@ use std::time::Instant;
 
 use classifier::{Classification, Classifier, ClassifierKind};
 use futures_util::StreamExt;
-use protocol::{ChatMessage, FinalRecord, FusionMode, GenerateRequest, Sampling, ScoreRequest};
+use protocol::{
+    ChatMessage, FinalRecord, FusionMode, GenerateRequest, Mix, Sampling, ScoreRequest,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::api::RoutingInfo;
@@ -48,10 +50,12 @@ use crate::hybrid_router::{RoutingPolicy, policy_from_config, route_mode};
 use crate::server::Experts;
 
 /// The strategies of an eval run, in table order.
-pub const STRATEGIES: [&str; 8] = [
+pub const STRATEGIES: [&str; 10] = [
     "foundation",
     "sft",
     "ensemble",
+    "ensemble_log",
+    "ensemble_routed",
     "btm_token",
     "btm_layer",
     "fused_top_k",
@@ -104,6 +108,8 @@ pub struct InferenceOptions {
     pub temperature: f64,
     /// How multiple-choice eval items are scored.
     pub choices: ChoiceScoring,
+    /// Eval items answered at once (the expert batches them); 1 answers them one by one.
+    pub concurrency: usize,
 }
 
 /// How an eval run scores multiple-choice items.
@@ -355,11 +361,24 @@ impl Session {
                 }
             }
         }
+        // The seed's plain ensemble (equal weights, probabilities averaged); the same in
+        // log space; and in log space with each item's weights from its classification.
+        for (name, mix) in [("ensemble", Mix::Linear), ("ensemble_log", Mix::Log)] {
+            add(
+                name,
+                Ok(Strategy::Fixed(FusionMode::Ensemble {
+                    models: fused.clone(),
+                    weights: None,
+                    mix,
+                })),
+            );
+        }
         add(
-            "ensemble",
-            Ok(Strategy::Fixed(FusionMode::Ensemble {
+            "ensemble_routed",
+            Ok(Strategy::Routed(FusionMode::Ensemble {
                 models: fused.clone(),
                 weights: None,
+                mix: Mix::Log,
             })),
         );
         let router = self.options.btm_router.clone().or_else(|| match &g.fusion {
@@ -492,74 +511,90 @@ impl Session {
             .collect())
     }
 
-    /// Runs every item under one strategy, one at a time (so wall time is per strategy).
+    /// Answers and scores one item under one strategy.
+    async fn evaluate_item(&self, strategy: &Strategy, item: &EvalItem) -> Result<ItemOutcome> {
+        let mode = match strategy {
+            Strategy::Fixed(mode) => mode.clone(),
+            Strategy::Routed(mode) => self
+                .config
+                .weighted_by(mode.clone(), &self.classifier.classify(&item.prompt)?),
+            Strategy::Hybrid => self.route(&item.prompt)?.2,
+            Strategy::FusedTopK => self
+                .config
+                .fusion_for(&self.classifier.classify(&item.prompt)?),
+        };
+        let mut outcome = ItemOutcome {
+            label: item.label,
+            mode: mode.name(),
+            fused: !matches!(mode, FusionMode::Single { .. }),
+            ..ItemOutcome::default()
+        };
+        let generated = match (&item.choices, self.options.choices) {
+            (Some(choices), ChoiceScoring::Likelihood) => {
+                let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
+                outcome.score = f64::from(u8::from(Some(pick) == item.answer));
+                outcome.forwards_per_token = f64::from(spent.forwards_per_token);
+                outcome.token_forwards = spent.total_token_forwards;
+                return Ok(outcome);
+            }
+            _ => {
+                self.generate(mode.clone(), &item.prompt, false, |_| {})
+                    .await?
+            }
+        };
+        let (text, r) = generated;
+        outcome.forwards_per_token = f64::from(r.cost.forwards_per_token);
+        outcome.completion_tokens = r.usage.completion_tokens;
+        outcome.token_forwards = r.cost.total_token_forwards;
+        outcome.score = if self.options.choices == ChoiceScoring::Both {
+            if let Some(choices) = &item.choices {
+                let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
+                outcome.choice_score = Some(f64::from(u8::from(Some(pick) == item.answer)));
+                outcome.token_forwards += spent.total_token_forwards;
+            }
+            item.score_generated(&text)
+        } else {
+            item.score(&text)
+        };
+        outcome.answer = text;
+        Ok(outcome)
+    }
+
+    /// Runs every item under one strategy, `InferenceOptions::concurrency` at a time (the
+    /// expert batches them; results stay in the file's order), so wall time is per strategy.
     pub async fn evaluate(
         &self,
         strategy: &Strategy,
         items: &[EvalItem],
     ) -> Result<StrategyResult> {
+        use futures_util::{StreamExt, TryStreamExt};
         let start = Instant::now();
-        let mut scores = Vec::with_capacity(items.len());
-        let mut choice_scores = Vec::new();
-        let mut per_item = Vec::with_capacity(items.len());
-        let (mut cost, mut fused, mut tokens, mut forwards) = (0.0f64, 0usize, 0usize, 0u64);
-        for item in items {
-            let mode = match strategy {
-                Strategy::Fixed(mode) => mode.clone(),
-                Strategy::Hybrid => self.route(&item.prompt)?.2,
-                Strategy::FusedTopK => self
-                    .config
-                    .fusion_for(&self.classifier.classify(&item.prompt)?),
-            };
-            if !matches!(mode, FusionMode::Single { .. }) {
-                fused += 1;
-            }
-            let (score, record) = match (&item.choices, self.options.choices) {
-                (_, ChoiceScoring::Both) => {
-                    let (text, r) = self
-                        .generate(mode.clone(), &item.prompt, false, |_| {})
-                        .await?;
-                    let mut token_forwards = r.cost.total_token_forwards;
-                    if let Some(choices) = &item.choices {
-                        let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
-                        choice_scores
-                            .push((item.label, f64::from(u8::from(Some(pick) == item.answer))));
-                        token_forwards += spent.total_token_forwards;
-                    }
-                    (
-                        item.score_generated(&text),
-                        (
-                            r.cost.forwards_per_token,
-                            r.usage.completion_tokens,
-                            token_forwards,
-                        ),
-                    )
-                }
-                (Some(choices), ChoiceScoring::Likelihood) => {
-                    let (pick, spent) = self.pick_choice(mode, &item.prompt, choices).await?;
-                    let score = f64::from(u8::from(Some(pick) == item.answer));
-                    (
-                        score,
-                        (spent.forwards_per_token, 0, spent.total_token_forwards),
-                    )
-                }
-                _ => {
-                    let (text, r) = self.generate(mode, &item.prompt, false, |_| {}).await?;
-                    let spent = (
-                        r.cost.forwards_per_token,
-                        r.usage.completion_tokens,
-                        r.cost.total_token_forwards,
-                    );
-                    (item.score(&text), spent)
-                }
-            };
-            let (forwards_per_token, completion_tokens, token_forwards) = record;
-            scores.push((item.label, score));
-            per_item.push((score, f64::from(forwards_per_token)));
-            cost += f64::from(forwards_per_token);
-            tokens += completion_tokens;
-            forwards += token_forwards;
-        }
+        let outcomes: Vec<ItemOutcome> =
+            futures_util::stream::iter(items.iter().map(|item| self.evaluate_item(strategy, item)))
+                .buffered(self.options.concurrency.max(1))
+                .try_collect()
+                .await?;
+        let scores: Vec<(usize, f64)> = outcomes.iter().map(|o| (o.label, o.score)).collect();
+        let choice_scores: Vec<(usize, f64)> = outcomes
+            .iter()
+            .filter_map(|o| Some((o.label, o.choice_score?)))
+            .collect();
+        let per_item: Vec<(f64, f64)> = outcomes
+            .iter()
+            .map(|o| (o.score, o.forwards_per_token))
+            .collect();
+        let cost: f64 = outcomes.iter().map(|o| o.forwards_per_token).sum();
+        let fused = outcomes.iter().filter(|o| o.fused).count();
+        let tokens: usize = outcomes.iter().map(|o| o.completion_tokens).sum();
+        let forwards: u64 = outcomes.iter().map(|o| o.token_forwards).sum();
+        let answers = outcomes
+            .into_iter()
+            .map(|o| ItemAnswer {
+                mode: o.mode.to_string(),
+                score: o.score,
+                answer: o.answer,
+            })
+            .collect();
         let n = items.len();
         let mean = |v: &mut dyn Iterator<Item = f64>| {
             let (sum, k) = v.fold((0.0, 0usize), |(s, k), x| (s + x, k + 1));
@@ -592,6 +627,7 @@ impl Session {
             completion_tokens: tokens,
             total_token_forwards: forwards,
             per_item,
+            answers,
         })
     }
 
@@ -721,6 +757,9 @@ fn experts_section_names(config: &GatewayConfig, section: &str) -> Result<Vec<St
 pub enum Strategy {
     /// The same fusion mode for every item.
     Fixed(FusionMode),
+    /// This ensemble for every item, its weights from the item's classification
+    /// ([`GatewayConfig::weighted_by`]).
+    Routed(FusionMode),
     /// The classifier and the routing policy choose per item.
     Hybrid,
     /// `gateway.fusion` over each item's `gateway.fusion_top_k` most likely categories'
@@ -863,6 +902,32 @@ pub struct StrategyResult {
     /// Per item, in the eval file's order: (score, forwards per token).
     #[serde(skip)]
     pub per_item: Vec<(f64, f64)>,
+    /// Per item, in the eval file's order: how it was answered, its score and the text
+    /// (empty when nothing was generated).
+    pub answers: Vec<ItemAnswer>,
+}
+
+/// One eval item's answer under one strategy (in `results.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemAnswer {
+    /// The fusion mode that answered (`single`, `btm_token`, …).
+    pub mode: String,
+    pub score: f64,
+    pub answer: String,
+}
+
+/// What one item gave under one strategy.
+#[derive(Debug, Default)]
+struct ItemOutcome {
+    label: usize,
+    mode: &'static str,
+    fused: bool,
+    score: f64,
+    choice_score: Option<f64>,
+    forwards_per_token: f64,
+    completion_tokens: usize,
+    token_forwards: u64,
+    answer: String,
 }
 
 /// A mean paired difference and its bootstrap 95 % interval.

@@ -33,12 +33,14 @@ pub struct ChatMessage {
 pub enum FusionMode {
     /// One expert alone: cost 1 forward per token.
     Single { model: String },
-    /// Weighted mean of the experts' next-token probability distributions (weights
-    /// normalised; default equal): one forward per expert per token.
+    /// Weighted mix of the experts' next-token distributions (weights normalised; default
+    /// equal): one forward per expert per token. `mix` says in which space (see [`Mix`]).
     Ensemble {
         models: Vec<String>,
         #[serde(default)]
         weights: Option<Vec<f32>>,
+        #[serde(default, skip_serializing_if = "Mix::is_linear")]
+        mix: Mix,
     },
     /// A trained router reads the experts' final hidden states and mixes their
     /// distributions per token (`hard`: the top-1 expert's distribution alone).
@@ -57,6 +59,47 @@ pub enum FusionMode {
         #[serde(default)]
         coefficients: Option<String>,
     },
+    /// Lazy token-level deferral (after Co-LLM): `models[0]` decodes every token; where a
+    /// trained deferral head on its hidden state gives at least `threshold`, the token comes
+    /// from `models[1]`, whose cache then catches up on the tokens it skipped. Cost: one
+    /// forward per token plus the catch-up.
+    Defer {
+        models: Vec<String>,
+        /// Name of a deferral head the process loaded; the one trained for these experts,
+        /// else the process default, when absent.
+        #[serde(default)]
+        head: Option<String>,
+        /// η in [0, 1]: lower defers more (0 always, above the head's maximum never).
+        #[serde(default = "default_defer_threshold")]
+        threshold: f32,
+    },
+}
+
+/// The `defer` threshold when none is given.
+pub const DEFAULT_DEFER_THRESHOLD: f32 = 0.5;
+
+fn default_defer_threshold() -> f32 {
+    DEFAULT_DEFER_THRESHOLD
+}
+
+/// How an ensemble mixes its experts' distributions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mix {
+    /// The weighted mean of the probabilities, `Σ wᵢ pᵢ`: a token one expert is sure of
+    /// wins even where the others find it implausible (the sharper expert leads).
+    #[default]
+    Linear,
+    /// The weighted geometric mean, renormalised: `softmax(Σ wᵢ log pᵢ)`, which equals the
+    /// softmax of the weighted mean of the logits (a product of experts). A token wins
+    /// only where the weighted majority finds it plausible.
+    Log,
+}
+
+impl Mix {
+    pub fn is_linear(&self) -> bool {
+        *self == Self::Linear
+    }
 }
 
 impl FusionMode {
@@ -66,7 +109,8 @@ impl FusionMode {
             Self::Single { model } => vec![model.as_str()],
             Self::Ensemble { models, .. }
             | Self::BtmToken { models, .. }
-            | Self::BtmLayer { models, .. } => models.iter().map(String::as_str).collect(),
+            | Self::BtmLayer { models, .. }
+            | Self::Defer { models, .. } => models.iter().map(String::as_str).collect(),
         }
     }
 
@@ -77,6 +121,7 @@ impl FusionMode {
             Self::Ensemble { .. } => "ensemble",
             Self::BtmToken { .. } => "btm_token",
             Self::BtmLayer { .. } => "btm_layer",
+            Self::Defer { .. } => "defer",
         }
     }
 }

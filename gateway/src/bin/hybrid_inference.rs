@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "GATEWAY_CONFIG", default_value = "configs/config.yaml")]
     config: PathBuf,
     /// Overrides `hybrid.classifier.type`.
-    #[arg(long, value_parser = ["rule_based", "learned"])]
+    #[arg(long, value_parser = ["rule_based", "learned", "combined"])]
     classifier_type: Option<String>,
     /// Checkpoint directory of the learned classifier (overrides
     /// `hybrid.classifier.checkpoint_dir`).
@@ -66,6 +66,10 @@ struct Args {
     /// (answer, then match the choices).
     #[arg(long, default_value = "both", requires = "eval_file")]
     choices: String,
+    /// With --eval_file: items answered at once (the expert batches them; faster, and the
+    /// batched numerics may move a greedy answer by a token). 1 answers them one by one.
+    #[arg(long, default_value_t = 1, requires = "eval_file", value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +121,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         temperature: args.temperature,
         choices: args.choices.parse()?,
+        concurrency: usize::from(args.concurrency),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
