@@ -143,6 +143,8 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         "foundation",
         "sft",
         "ensemble",
+        "ensemble_log",
+        "ensemble_routed",
         "btm_token",
         "btm_layer",
         "hybrid",
@@ -165,7 +167,13 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
     let share = |n: &str| strategies[n]["btm_share"].as_f64().unwrap();
     assert_eq!(cost("foundation"), 1.0);
     assert_eq!(cost("sft"), 1.0);
-    for fused in ["ensemble", "btm_token", "btm_layer"] {
+    for fused in [
+        "ensemble",
+        "ensemble_log",
+        "ensemble_routed",
+        "btm_token",
+        "btm_layer",
+    ] {
         assert_eq!(cost(fused), 2.0, "{fused}");
         assert_eq!(share(fused), 1.0, "{fused}");
     }
