@@ -545,28 +545,8 @@ impl<'a> FusedSequence<'a> {
 /// Feeds `ids` to one model's cache: the next-token probabilities `[vocab]` (f32) after the
 /// last of them and the final normed hidden state `[1, hidden]` there.
 fn feed(model: &LoadedModel, cache: &mut KvCache, ids: &[u32]) -> Result<(Tensor, Tensor)> {
-    let ops = model.decoder.ops(Path::Fused);
-    let input = crate::backend::Ops::ids(&ops, ids)?;
-    let out = crate::backend::forward(
-        &ops,
-        &model.decoder,
-        &input,
-        ids.len(),
-        Some(cache.layers_mut()),
-        true,
-        true,
-    )?;
-    let hidden = out
-        .hidden_states
-        .and_then(|mut h| h.pop())
-        .ok_or_else(|| ExpertError::InvalidRequest("no hidden state".into()))?;
-    let vocab = out.logits.dim(D::Minus1)?;
-    let logits = out.logits.reshape(vocab)?.to_dtype(DType::F32)?;
-    let h = model.decoder.config().hidden_size;
-    Ok((
-        candle_nn::ops::softmax_last_dim(&logits)?,
-        hidden.reshape((1, h))?.to_dtype(DType::F32)?,
-    ))
+    let (probs, hidden) = feed_rows(model, cache, ids, true)?;
+    Ok((probs.squeeze(0)?, hidden))
 }
 
 /// [`feed`] at every position: probabilities `[ids.len(), vocab]` and hidden states
@@ -576,6 +556,17 @@ fn feed_positions(
     cache: &mut KvCache,
     ids: &[u32],
 ) -> Result<(Tensor, Tensor)> {
+    feed_rows(model, cache, ids, false)
+}
+
+/// One model's forward over `ids` on its cache: `[rows, vocab]` probabilities (f32) and
+/// `[rows, hidden]` final normed hidden states, one row (`last_only`) or one per position.
+fn feed_rows(
+    model: &LoadedModel,
+    cache: &mut KvCache,
+    ids: &[u32],
+    last_only: bool,
+) -> Result<(Tensor, Tensor)> {
     let ops = model.decoder.ops(Path::Fused);
     let input = crate::backend::Ops::ids(&ops, ids)?;
     let out = crate::backend::forward(
@@ -584,20 +575,20 @@ fn feed_positions(
         &input,
         ids.len(),
         Some(cache.layers_mut()),
-        false,
+        last_only,
         true,
     )?;
     let hidden = out
         .hidden_states
         .and_then(|mut h| h.pop())
         .ok_or_else(|| ExpertError::InvalidRequest("no hidden state".into()))?;
-    let t = ids.len();
+    let rows = if last_only { 1 } else { ids.len() };
     let vocab = out.logits.dim(D::Minus1)?;
-    let logits = out.logits.reshape((t, vocab))?.to_dtype(DType::F32)?;
+    let logits = out.logits.reshape((rows, vocab))?.to_dtype(DType::F32)?;
     let h = model.decoder.config().hidden_size;
     Ok((
         candle_nn::ops::softmax_last_dim(&logits)?,
-        hidden.reshape((t, h))?.to_dtype(DType::F32)?,
+        hidden.reshape((rows, h))?.to_dtype(DType::F32)?,
     ))
 }
 
