@@ -525,7 +525,7 @@ pub struct DeferRecord {
     pub options: DeferTrainOptions,
     pub losses: Vec<f32>,
     pub seconds: f64,
-    /// Per held-out domain: positions, share where the second expert is better, the
+    /// Per held-out domain: positions, share where deferring helps, the
     /// head's accuracy on that, and its deferral rate at η = 0.5.
     pub summary: serde_json::Value,
 }
@@ -536,6 +536,36 @@ struct DeferDoc {
     ids: Vec<u32>,
     answer_start: usize,
     domain: corpus::Domain,
+}
+
+/// At each position of a `[n, vocab]` log-probability matrix: whether its argmax is the
+/// target, and the target's log-probability.
+fn position_stats(logp: &Tensor, targets: &[u32]) -> Result<Vec<(bool, f32)>> {
+    let device = logp.device();
+    let ids = Tensor::new(targets, device)?.unsqueeze(1)?;
+    let of_target: Vec<f32> = logp.gather(&ids, 1)?.flatten_all()?.to_vec1()?;
+    let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
+    Ok(targets
+        .iter()
+        .zip(argmax)
+        .zip(of_target)
+        .map(|((t, a), lp)| (a == *t, lp))
+        .collect())
+}
+
+/// Whether a position should defer to the second expert, from (argmax is the target,
+/// target log-probability) of each expert: never where the first expert's greedy pick is
+/// right (deferring there costs and can only change a right token), always where only the
+/// second's is, and where both are wrong, when the second gives the target more
+/// probability. Labelling "the second is likelier" alone defers about as often on the
+/// first expert's own answers as on the second's domain, since a fine-tuned branch is
+/// sharper on tokens both pick.
+fn deferral_label(base: (bool, f32), expert: (bool, f32)) -> bool {
+    match (base.0, expert.0) {
+        (true, _) => false,
+        (false, true) => true,
+        (false, false) => expert.1 > base.1,
+    }
 }
 
 /// `prompt` as the served model sees it (one user turn in its own chat template, the
@@ -591,9 +621,9 @@ fn self_answers(model: &LoadedModel, prompts: &[String], max_tokens: usize) -> R
 
 /// Trains the `defer` head of `models = [first, second]` with both frozen: on every answer
 /// position of reasoning, SOP and self-answered general documents (each in the first
-/// expert's own chat template), the label is whether the second expert gives the actual
-/// next token the higher probability, and the head is a logistic unit on the first
-/// expert's final normed hidden state. Writes `head.json`, `head.safetensors`, `loss.json`;
+/// expert's own chat template), the label is whether deferring helps greedy decoding
+/// there ([`deferral_label`]), and the head is a logistic unit on the first expert's final
+/// normed hidden state. Writes `head.json`, `head.safetensors`, `loss.json`;
 /// the summary holds, per held-out domain, the label rate, the head's accuracy and its
 /// deferral rate at η = 0.5.
 pub fn train_deferral_head(
@@ -651,17 +681,17 @@ pub fn train_deferral_head(
             continue;
         }
         let x = Tensor::new(&doc.ids[..t - 1], &device)?.unsqueeze(0)?;
-        let y = Tensor::new(&doc.ids[1..], &device)?.unsqueeze(0)?;
-        let (hidden, logp) = expert_features(&[*first, *second], &x, &y)?;
+        let (hidden, logp) = expert_outputs(&[*first, *second], &x)?;
         let from = doc.answer_start - 1;
         let n = t - 1 - from;
+        let targets = &doc.ids[from + 1..];
         let h = hidden[0].narrow(0, from, n)?;
-        let lb: Vec<f32> = logp[0].narrow(0, from, n)?.flatten_all()?.to_vec1()?;
-        let le: Vec<f32> = logp[1].narrow(0, from, n)?.flatten_all()?.to_vec1()?;
-        let labels: Vec<f32> = lb
+        let base = position_stats(&logp[0].narrow(0, from, n)?, targets)?;
+        let expert = position_stats(&logp[1].narrow(0, from, n)?, targets)?;
+        let labels: Vec<f32> = base
             .iter()
-            .zip(&le)
-            .map(|(b, e)| f32::from(u8::from(e > b)))
+            .zip(&expert)
+            .map(|(b, e)| f32::from(u8::from(deferral_label(*b, *e))))
             .collect();
         let name = domain_name(doc.domain);
         let counts = seen_heldout.entry(name).or_insert((0, 0));
@@ -714,8 +744,8 @@ pub fn train_deferral_head(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    // Held-out: per domain, how often the second expert is better, how often the head
-    // agrees, and how often it defers at η = 0.5.
+    // Held-out: per domain, how often deferring helps, how often the head agrees, and how
+    // often it defers at η = 0.5.
     let mut summary = serde_json::Map::new();
     for domain in [
         corpus::Domain::General,
@@ -738,7 +768,7 @@ pub fn train_deferral_head(
             domain_name(domain).into(),
             serde_json::json!({
                 "positions": n,
-                "second_better": share(better),
+                "should_defer": share(better),
                 "accuracy": share(agree as f64),
                 "defer_rate_at_0_5": share(deferred as f64),
             }),
@@ -763,5 +793,42 @@ fn domain_name(d: corpus::Domain) -> &'static str {
         corpus::Domain::General => "general",
         corpus::Domain::Reasoning => "reasoning",
         corpus::Domain::Sop => "sop",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferral_labels_defer_only_where_the_first_expert_is_wrong() {
+        // (argmax is the target, log-probability of the target)
+        assert!(
+            !deferral_label((true, -0.5), (true, -0.1)),
+            "both right: stay"
+        );
+        assert!(
+            !deferral_label((true, -0.5), (false, -3.0)),
+            "only the first right"
+        );
+        assert!(
+            deferral_label((false, -2.0), (true, -0.1)),
+            "only the second right"
+        );
+        assert!(
+            deferral_label((false, -2.0), (false, -1.0)),
+            "both wrong, second likelier"
+        );
+        assert!(
+            !deferral_label((false, -1.0), (false, -2.0)),
+            "both wrong, first likelier"
+        );
+    }
+
+    #[test]
+    fn position_stats_reads_argmax_and_target() {
+        let logp = Tensor::new(&[[-0.1f32, -2.0, -3.0], [-2.0, -3.0, -0.2]], &Device::Cpu).unwrap();
+        let stats = position_stats(&logp, &[0, 1]).unwrap();
+        assert_eq!(stats, vec![(true, -0.1), (false, -3.0)]);
     }
 }

@@ -189,6 +189,7 @@ pub async fn ensure_models(config: &GatewayConfig) -> Result<()> {
         .collect();
     let mut aux = section_paths(&doc, "routers");
     aux.extend(section_paths(&doc, "mixers"));
+    aux.extend(section_paths(&doc, "deferral_heads"));
     let aux_missing = aux.iter().any(|(_, p)| !p.exists());
     if missing.is_empty() && !aux_missing {
         return Ok(());
@@ -251,6 +252,8 @@ pub async fn ensure_models(config: &GatewayConfig) -> Result<()> {
                 sft.as_os_str(),
                 "--out".as_ref(),
                 routers.as_os_str(),
+                "--kind".as_ref(),
+                "btm_token,btm_layer,defer".as_ref(),
             ],
         )
         .await?;

@@ -50,7 +50,7 @@ use crate::hybrid_router::{RoutingPolicy, policy_from_config, route_mode};
 use crate::server::Experts;
 
 /// The strategies of an eval run, in table order.
-pub const STRATEGIES: [&str; 10] = [
+pub const STRATEGIES: [&str; 11] = [
     "foundation",
     "sft",
     "ensemble",
@@ -58,6 +58,7 @@ pub const STRATEGIES: [&str; 10] = [
     "ensemble_routed",
     "btm_token",
     "btm_layer",
+    "defer",
     "fused_top_k",
     "hybrid",
     "distilled",
@@ -82,11 +83,25 @@ fn register_plot_font() {
     });
 }
 
-/// A strategy name `--strategies` accepts: one of [`STRATEGIES`] or `sft:<category>` (the
-/// single experts of a config with several SFT experts).
+/// A strategy name `--strategies` accepts: one of [`STRATEGIES`], `sft:<category>` (the
+/// single experts of a config with several SFT experts) or `defer:<η>` (`defer` at the
+/// threshold η in [0, 1]).
 pub fn is_strategy_name(name: &str) -> bool {
-    STRATEGIES.contains(&name) || name.strip_prefix("sft:").is_some_and(|c| !c.is_empty())
+    STRATEGIES.contains(&name)
+        || name.strip_prefix("sft:").is_some_and(|c| !c.is_empty())
+        || defer_threshold_of(name).is_some()
 }
+
+/// η of a `defer:<η>` strategy name, when it is one with η in [0, 1].
+fn defer_threshold_of(name: &str) -> Option<f32> {
+    name.strip_prefix("defer:")?
+        .parse::<f32>()
+        .ok()
+        .filter(|t| (0.0..=1.0).contains(t))
+}
+
+/// What `--strategies` accepts, for its error messages.
+pub const STRATEGY_FORMS: &str = "sft:<category> or defer:<η in [0, 1]>";
 
 /// The model name that, when present in `experts.models`, is evaluated as `distilled`.
 pub const DISTILLED_MODEL: &str = "distilled";
@@ -159,6 +174,7 @@ pub struct Session {
     experts: Experts,
     routers: Vec<String>,
     mixers: Vec<String>,
+    deferral_heads: Vec<String>,
     options: InferenceOptions,
 }
 
@@ -172,6 +188,7 @@ impl Session {
         }
         let routers = experts_section_names(&config, "routers")?;
         let mixers = experts_section_names(&config, "mixers")?;
+        let deferral_heads = experts_section_names(&config, "deferral_heads")?;
         if let Some(name) = &options.btm_router {
             if !routers.contains(name) {
                 return Err(GatewayError::BadRequest(format!(
@@ -215,6 +232,7 @@ impl Session {
             experts,
             routers,
             mixers,
+            deferral_heads,
             options,
         })
     }
@@ -403,11 +421,18 @@ impl Session {
                 Err("no experts.mixers in the config (train_router)".into())
             } else {
                 Ok(Strategy::Fixed(FusionMode::BtmLayer {
-                    models: fused,
+                    models: fused.clone(),
                     coefficients: None,
                 }))
             },
         );
+        // At the configured fusion's threshold when it is `defer`, else the default one;
+        // `defer:<η>` names another (see [`Session::defer_at`]).
+        let threshold = match &g.fusion {
+            FusionMode::Defer { threshold, .. } => *threshold,
+            _ => protocol::DEFAULT_DEFER_THRESHOLD,
+        };
+        add("defer", self.defer_at(threshold));
         add(
             "fused_top_k",
             match g.fusion_top_k {
@@ -434,6 +459,24 @@ impl Session {
             },
         );
         (run, skipped)
+    }
+
+    /// `defer` from the first of the fused experts (the foundation) to the second, at η.
+    fn defer_at(&self, threshold: f32) -> std::result::Result<Strategy, String> {
+        let fused = self.config.gateway.fusion.models();
+        if self.deferral_heads.is_empty() {
+            return Err(
+                "no experts.deferral_heads in the config (train_router --kind defer)".into(),
+            );
+        }
+        let [first, second, ..] = fused.as_slice() else {
+            return Err("gateway.fusion has fewer than two models".into());
+        };
+        Ok(Strategy::Fixed(FusionMode::Defer {
+            models: vec![first.to_string(), second.to_string()],
+            head: None,
+            threshold,
+        }))
     }
 
     /// The threshold trade-off, computed from the per-item results of the single experts
@@ -592,6 +635,7 @@ impl Session {
             .map(|o| ItemAnswer {
                 mode: o.mode.to_string(),
                 score: o.score,
+                cost: o.forwards_per_token,
                 answer: o.answer,
             })
             .collect();
@@ -670,11 +714,30 @@ impl Session {
 
     /// Runs `names` (all runnable strategies when empty) over the items.
     pub async fn evaluate_all(&self, items: &[EvalItem], names: &[String]) -> Result<EvalReport> {
-        let (runnable, mut skipped) = self.strategies();
+        let (mut runnable, mut skipped) = self.strategies();
+        // `defer:<η>` strategies, in the order asked, after `defer`.
+        let at = runnable
+            .iter()
+            .position(|(n, _)| n == "defer")
+            .map_or(runnable.len(), |i| i + 1);
+        let mut extra = Vec::new();
+        for name in names {
+            if let Some(t) = defer_threshold_of(name)
+                && !extra.iter().any(|(n, _)| n == name)
+            {
+                match self.defer_at(t) {
+                    Ok(s) => extra.push((name.clone(), s)),
+                    Err(why) => {
+                        skipped.insert(name.clone(), why);
+                    }
+                }
+            }
+        }
+        runnable.splice(at..at, extra);
         for name in names {
             if !is_strategy_name(name) {
                 return Err(GatewayError::BadRequest(format!(
-                    "unknown strategy {name:?}; expected some of {STRATEGIES:?} or sft:<category>"
+                    "unknown strategy {name:?}; expected some of {STRATEGIES:?}, {STRATEGY_FORMS}"
                 )));
             }
         }
@@ -913,6 +976,8 @@ pub struct ItemAnswer {
     /// The fusion mode that answered (`single`, `btm_token`, …).
     pub mode: String,
     pub score: f64,
+    /// Model forwards per generated token (for `defer`, the catch-up counted).
+    pub cost: f64,
     pub answer: String,
 }
 

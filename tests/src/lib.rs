@@ -50,26 +50,45 @@ pub fn forged_small() -> PathBuf {
         .clone()
 }
 
-/// [`forged_small`] plus its BTM token router and layer mixer (`routers/btm_token`,
-/// `routers/btm_layer`), trained briefly once and cached next to the models.
+/// [`forged_small`] plus its BTM token router, layer mixer and `defer` head
+/// (`routers/btm_token`, `routers/btm_layer`, `routers/defer`), trained briefly once and
+/// cached next to the models.
 pub fn forged_small_with_routers() -> PathBuf {
-    use experts::router_train::{RouterTrainOptions, train_layer_mixer, train_token_router};
+    use experts::router_train::{
+        DeferTrainOptions, RouterTrainOptions, train_deferral_head, train_layer_mixer,
+        train_token_router,
+    };
     static MODELS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     MODELS
         .get_or_init(|| {
             let out = forged_small();
             let routers = out.join("routers");
-            if !routers.join("btm_layer/mixer.safetensors").exists() {
-                let load = |n: &str| {
-                    experts::loader::load_model(
-                        &out.join(n),
-                        candle_core::DType::F32,
-                        &candle_core::Device::Cpu,
-                    )
-                    .unwrap_or_else(|e| panic!("loading the forged {n}: {e}"))
-                };
+            let load = |n: &str| {
+                experts::loader::load_model(
+                    &out.join(n),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap_or_else(|e| panic!("loading the forged {n}: {e}"))
+            };
+            let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+            if !routers.join("defer/head.safetensors").exists() {
                 let (a, b) = (load("foundation"), load("sft-sop"));
-                let names = vec!["foundation".to_string(), "sft-sop".to_string()];
+                let opts = DeferTrainOptions {
+                    steps: 60,
+                    n_docs: 60,
+                    n_general: 16,
+                    answer_tokens: 16,
+                    ..DeferTrainOptions::default()
+                };
+                if let Err(e) =
+                    train_deferral_head(&[&a, &b], &names, &opts, &routers.join("defer"))
+                {
+                    panic!("training the defer head failed: {e}");
+                }
+            }
+            if !routers.join("btm_layer/mixer.safetensors").exists() {
+                let (a, b) = (load("foundation"), load("sft-sop"));
                 let opts = RouterTrainOptions {
                     steps: 40,
                     layer_steps: 4,
@@ -131,6 +150,7 @@ experts:
     sft-sop: {m}/sft-sop
   routers: {{default: {m}/routers/btm_token}}
   mixers: {{default: {m}/routers/btm_layer}}
+  deferral_heads: {{default: {m}/routers/defer}}
   max_batch: 16
 gateway:
   listen: 127.0.0.1:0

@@ -147,6 +147,7 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         "ensemble_routed",
         "btm_token",
         "btm_layer",
+        "defer",
         "hybrid",
     ] {
         assert!(names.contains(&name), "{name} missing: {report}");
@@ -177,6 +178,8 @@ fn hybrid_inference_answers_evaluates_and_refuses_bad_input() {
         assert_eq!(cost(fused), 2.0, "{fused}");
         assert_eq!(share(fused), 1.0, "{fused}");
     }
+    // `defer` runs the second expert only from its first deferral on: between 1 and 2.
+    assert!((1.0..=2.0).contains(&cost("defer")), "{report}");
     let hybrid = cost("hybrid");
     assert!((1.0..=2.0).contains(&hybrid), "{report}");
     // Every fused item costs 2, every single one 1: the mean follows the share.
@@ -390,7 +393,7 @@ fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
             "--eval_file",
             eval.to_str().unwrap(),
             "--strategies",
-            "foundation,sft,ensemble,btm_token,btm_layer,hybrid",
+            "foundation,sft,ensemble,btm_token,btm_layer,defer:0,hybrid",
             "--max_tokens",
             "12",
             "--json",
@@ -441,6 +444,11 @@ fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
     for fused in ["ensemble", "btm_token", "btm_layer"] {
         assert_eq!(report["strategies"][fused]["cost"], 2.0, "{report}");
     }
+    // `defer` at η = 0 defers every position: its picks are the SOP expert's.
+    assert_eq!(
+        report["strategies"]["defer:0"]["quality"], report["strategies"]["sft"]["quality"],
+        "{report}"
+    );
 
     // The default, `both`: every item is generated and scored on its text, the choices
     // are scored by likelihood beside it (the same picks as above), and each strategy is
@@ -462,6 +470,16 @@ fn multiple_choice_items_are_scored_by_likelihood_or_by_generation() {
             assert!(lo <= mean && mean <= hi && d["n"] == 3, "{name}: {d}");
         }
     }
+    // … and, greedy, it writes the SOP expert's answers word for word.
+    let texts = |n: &str| -> Vec<Value> {
+        both["strategies"][n]["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["answer"].clone())
+            .collect()
+    };
+    assert_eq!(texts("defer:0"), texts("sft"), "{both}");
 
     let generated = evaluate(&["--choices", "generate"]);
     assert!(

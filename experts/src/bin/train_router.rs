@@ -1,5 +1,5 @@
-//! `train_router`: trains the BTM token-level router and the layer-level coefficients over
-//! frozen experts (see `experts::router_train`).
+//! `train_router`: trains the BTM token-level router, the layer-level coefficients and the
+//! `defer` head over frozen experts (see `experts::router_train`).
 
 use std::path::PathBuf;
 
@@ -9,8 +9,21 @@ use clap::Parser;
 use experts::fusion::{LayerMixer, TokenRouter};
 use experts::loader::load_model;
 use experts::router_train::{
-    RouterTrainOptions, heldout_nll, train_layer_mixer, train_token_router,
+    DeferTrainOptions, RouterTrainOptions, heldout_nll, train_deferral_head, train_layer_mixer,
+    train_token_router,
 };
+
+/// What `train_router` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Kind {
+    /// The BTM token-level router (`<out>/btm_token`).
+    BtmToken,
+    /// The BTM layer-level coefficients (`<out>/btm_layer`).
+    BtmLayer,
+    /// The `defer` head of the first two experts (`<out>/defer`).
+    Defer,
+}
 
 /// Train the Branch-Train-Merge routers of two or more experts.
 #[derive(Debug, Parser)]
@@ -19,9 +32,21 @@ struct Args {
     /// Expert model directories (their directory names become the expert names).
     #[arg(long, num_args = 2.., default_values = ["models/foundation", "models/sft-sop"])]
     experts: Vec<PathBuf>,
-    /// Output: writes btm_token/ and btm_layer/ inside.
+    /// Output: writes btm_token/, btm_layer/ and defer/ inside (those of --kind).
     #[arg(long, default_value = "models/routers")]
     out: PathBuf,
+    /// What to train (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values = ["btm_token", "btm_layer", "defer"])]
+    kind: Vec<Kind>,
+    /// Steps of the defer head (full-batch, on every answer position).
+    #[arg(long, default_value_t = 300)]
+    defer_steps: usize,
+    /// General questions the first expert answers itself for the defer head's data.
+    #[arg(long, default_value_t = 120)]
+    defer_general: usize,
+    /// Reasoning + SOP documents (half each) for the defer head's data.
+    #[arg(long, default_value_t = 400)]
+    defer_docs: usize,
     /// Steps of the token router.
     #[arg(long, default_value_t = 200)]
     steps: usize,
@@ -65,32 +90,83 @@ fn run(args: &Args) -> Result<()> {
         ));
     }
     let models: Vec<_> = loaded.iter().collect();
+    let mut summary = serde_json::Map::new();
+    if args.kind.contains(&Kind::Defer) {
+        let opts = DeferTrainOptions {
+            steps: args.defer_steps,
+            seed: args.seed,
+            n_docs: args.defer_docs,
+            n_general: args.defer_general,
+            ..DeferTrainOptions::default()
+        };
+        let record =
+            train_deferral_head(&models[..2], &names[..2], &opts, &args.out.join("defer"))?;
+        println!(
+            "defer: loss {:.3} -> {:.3} in {:.1} s; held out {}",
+            record.losses.first().copied().unwrap_or(f32::NAN),
+            record.losses.last().copied().unwrap_or(f32::NAN),
+            record.seconds,
+            record.summary
+        );
+        summary.insert("defer".into(), serde_json::to_value(&record)?);
+    }
     let opts = RouterTrainOptions {
         steps: args.steps,
         layer_steps: args.layer_steps,
         seed: args.seed,
         ..RouterTrainOptions::default()
     };
-    let token = train_token_router(&models, &names, &opts, &args.out.join("btm_token"))?;
-    println!(
-        "btm_token: loss {:.3} -> {:.3} in {:.1} s; mean weights {}",
-        token.losses.first().copied().unwrap_or(f32::NAN),
-        token.losses.last().copied().unwrap_or(f32::NAN),
-        token.seconds,
-        token.summary
-    );
-    let layer = train_layer_mixer(&models, &names, &opts, &args.out.join("btm_layer"))?;
-    println!(
-        "btm_layer: loss {:.3} -> {:.3} in {:.1} s; {}",
-        layer.losses.first().copied().unwrap_or(f32::NAN),
-        layer.losses.last().copied().unwrap_or(f32::NAN),
-        layer.seconds,
-        layer.summary
-    );
-    // Mixture likelihood on held-out text (another seed's eval documents).
-    let router = TokenRouter::load(&args.out.join("btm_token"), &Device::Cpu)?;
-    let mixer = LayerMixer::load(&args.out.join("btm_layer"), &Device::Cpu)?;
-    let heldout = heldout_nll(&models, &names, &router, &mixer, &[], args.seed + 99, 40)?;
+    if args.kind.contains(&Kind::BtmToken) {
+        let token = train_token_router(&models, &names, &opts, &args.out.join("btm_token"))?;
+        println!(
+            "btm_token: loss {:.3} -> {:.3} in {:.1} s; mean weights {}",
+            token.losses.first().copied().unwrap_or(f32::NAN),
+            token.losses.last().copied().unwrap_or(f32::NAN),
+            token.seconds,
+            token.summary
+        );
+        summary.insert("btm_token".into(), serde_json::to_value(&token)?);
+    }
+    if args.kind.contains(&Kind::BtmLayer) {
+        let layer = train_layer_mixer(&models, &names, &opts, &args.out.join("btm_layer"))?;
+        println!(
+            "btm_layer: loss {:.3} -> {:.3} in {:.1} s; {}",
+            layer.losses.first().copied().unwrap_or(f32::NAN),
+            layer.losses.last().copied().unwrap_or(f32::NAN),
+            layer.seconds,
+            layer.summary
+        );
+        summary.insert("btm_layer".into(), serde_json::to_value(&layer)?);
+    }
+    // Mixture likelihood on held-out text (another seed's eval documents), once a router
+    // and coefficients of these experts are both in `out` (one may be from an earlier run).
+    let trained_btm = args.kind.contains(&Kind::BtmToken) || args.kind.contains(&Kind::BtmLayer);
+    let router = TokenRouter::load(&args.out.join("btm_token"), &Device::Cpu).ok();
+    let mixer = LayerMixer::load(&args.out.join("btm_layer"), &Device::Cpu).ok();
+    if let (true, Some(router), Some(mixer)) = (trained_btm, router, mixer)
+        && router.config.experts == names
+        && mixer.experts == names
+    {
+        let heldout = heldout_nll(&models, &names, &router, &mixer, &[], args.seed + 99, 40)?;
+        print_heldout(&names, &heldout);
+        std::fs::write(
+            args.out.join("heldout.json"),
+            serde_json::to_string_pretty(&heldout)?,
+        )
+        .with_context(|| format!("writing {}", args.out.join("heldout.json").display()))?;
+        summary.insert("heldout_nll".into(), heldout);
+    }
+    if args.pairs {
+        train_pairs(args, &models, &names, &opts)?;
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(summary));
+    }
+    Ok(())
+}
+
+/// The held-out NLL table (markdown).
+fn print_heldout(names: &[String], heldout: &serde_json::Value) {
     println!("\nheld-out NLL per token (lower is better):");
     println!(
         "| domain | {} | ensemble | btm_token | btm_layer |",
@@ -107,21 +183,6 @@ fn run(args: &Args) -> Result<()> {
             .collect();
         println!("| {domain} | {} |", cells.join(" | "));
     }
-    std::fs::write(
-        args.out.join("heldout.json"),
-        serde_json::to_string_pretty(&heldout)?,
-    )
-    .with_context(|| format!("writing {}", args.out.join("heldout.json").display()))?;
-    if args.pairs {
-        train_pairs(args, &models, &names, &opts)?;
-    }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"btm_token": token, "btm_layer": layer, "heldout_nll": heldout})
-        );
-    }
-    Ok(())
 }
 
 /// A router and coefficients for each pair of experts, in the experts' order.

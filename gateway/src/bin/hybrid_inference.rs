@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Parser;
 use gateway::inference::{
-    EvalItem, InferenceOptions, STRATEGIES, Session, is_strategy_name, read_eval_file,
+    EvalItem, InferenceOptions, STRATEGIES, STRATEGY_FORMS, Session, is_strategy_name,
+    read_eval_file,
 };
 
 /// Hybrid inference: classify a query, route it to one expert (confident) or a BTM fusion
@@ -51,7 +52,8 @@ struct Args {
     /// With --eval_file: also write table.md and results.json into this directory.
     #[arg(long, requires = "eval_file")]
     out: Option<PathBuf>,
-    /// With --eval_file: only these strategies (comma-separated).
+    /// With --eval_file: only these strategies (comma-separated); `defer:<η>` adds `defer`
+    /// at the threshold η (e.g. `defer,defer:0.3`).
     #[arg(long, value_delimiter = ',', requires = "eval_file")]
     strategies: Vec<String>,
     /// Tokens to generate at most per answer.
@@ -105,7 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(bad) = args.strategies.iter().find(|s| !is_strategy_name(s)) {
         bail!(
-            "unknown strategy {bad:?} in --strategies; expected some of {STRATEGIES:?} or sft:<category>"
+            "unknown strategy {bad:?} in --strategies; expected some of {STRATEGIES:?}, {STRATEGY_FORMS}"
         );
     }
     let options = InferenceOptions {
