@@ -827,7 +827,11 @@ mod tests {
 
     #[test]
     fn position_stats_reads_argmax_and_target() {
-        let logp = Tensor::new(&[[-0.1f32, -2.0, -3.0], [-2.0, -3.0, -0.2]], &Device::Cpu).unwrap();
+        let logp = Tensor::new(
+            &[[-0.1f32, -2.0, -3.0], [-2.0, -3.0, -0.2]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let stats = position_stats(&logp, &[0, 1]).unwrap();
         assert_eq!(stats, vec![(true, -0.1), (false, -3.0)]);
     }
