@@ -101,13 +101,8 @@ fn run(args: &Args) -> Result<()> {
         };
         let record =
             train_deferral_head(&models[..2], &names[..2], &opts, &args.out.join("defer"))?;
-        println!(
-            "defer: loss {:.3} -> {:.3} in {:.1} s; held out {}",
-            record.losses.first().copied().unwrap_or(f32::NAN),
-            record.losses.last().copied().unwrap_or(f32::NAN),
-            record.seconds,
-            record.summary
-        );
+        let held_out = format!("held out {}", record.summary);
+        report("defer", &record.losses, record.seconds, &held_out);
         summary.insert("defer".into(), serde_json::to_value(&record)?);
     }
     let opts = RouterTrainOptions {
@@ -118,23 +113,17 @@ fn run(args: &Args) -> Result<()> {
     };
     if args.kind.contains(&Kind::BtmToken) {
         let token = train_token_router(&models, &names, &opts, &args.out.join("btm_token"))?;
-        println!(
-            "btm_token: loss {:.3} -> {:.3} in {:.1} s; mean weights {}",
-            token.losses.first().copied().unwrap_or(f32::NAN),
-            token.losses.last().copied().unwrap_or(f32::NAN),
-            token.seconds,
-            token.summary
-        );
+        let weights = format!("mean weights {}", token.summary);
+        report("btm_token", &token.losses, token.seconds, &weights);
         summary.insert("btm_token".into(), serde_json::to_value(&token)?);
     }
     if args.kind.contains(&Kind::BtmLayer) {
         let layer = train_layer_mixer(&models, &names, &opts, &args.out.join("btm_layer"))?;
-        println!(
-            "btm_layer: loss {:.3} -> {:.3} in {:.1} s; {}",
-            layer.losses.first().copied().unwrap_or(f32::NAN),
-            layer.losses.last().copied().unwrap_or(f32::NAN),
+        report(
+            "btm_layer",
+            &layer.losses,
             layer.seconds,
-            layer.summary
+            &layer.summary.to_string(),
         );
         summary.insert("btm_layer".into(), serde_json::to_value(&layer)?);
     }
@@ -163,6 +152,15 @@ fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::Value::Object(summary));
     }
     Ok(())
+}
+
+/// One line per trained part: its first and last loss, its time and what it measured.
+fn report(name: &str, losses: &[f32], seconds: f64, measured: &str) {
+    println!(
+        "{name}: loss {:.3} -> {:.3} in {seconds:.1} s; {measured}",
+        losses.first().copied().unwrap_or(f32::NAN),
+        losses.last().copied().unwrap_or(f32::NAN),
+    );
 }
 
 /// The held-out NLL table (markdown).
